@@ -1,0 +1,229 @@
+"""One configuration object per run: presets (smoke / cpu / gpu), environment overrides, data discovery."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ENV_PREFIX = "IMSUB_"
+DATASET_DIRNAME = "ImageNet-Subset"
+KAGGLE_INPUT = Path("/kaggle/input")
+COLAB_DRIVE = Path("/content/drive/MyDrive")
+
+
+@dataclass
+class Config:
+    """Everything a run needs; build it with `get_config`, never by hand in a notebook."""
+
+    preset: str = "cpu"
+    data_root: Path | None = None  # the folder holding train-semi/, test/, ... (found if None)
+    truth_root: Path | None = None  # hidden truth of the demo data (None for real data)
+    data_source: str = ""  # how data_root was found: "setting", "kaggle", "colab", "local", "demo"
+    # data
+    image_size: int = 64
+    val_per_class: int = 2
+    demo_full: bool = False  # generate the full-size demo (50 x 10 + 5000 + 752) instead of the small one
+    # model
+    arch: str = "resnet18"
+    small_stem: bool = True  # 3x3 stride-1 stem without max-pool, for images below ~128 px
+    encoder_weights: Path | None = None  # optional local pretrained weights (only where rules allow)
+    # classifier training
+    epochs: int = 40
+    batch_size: int = 64
+    optimizer: str = "sgd"  # "sgd" or "adamw"
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 2
+    label_smoothing: float = 0.1
+    ema_decay: float = 0.0  # 0 switches the weight EMA off
+    grad_clip: float = 5.0
+    # pseudo-labeling / consistency
+    pseudo_rounds: int = 1
+    pseudo_epochs: int = 40
+    pseudo_threshold: float = 0.8
+    pseudo_max_per_class: int = 0  # 0: derived from the unlabeled count (2x the mean share per class)
+    # segmentation
+    seg_epochs: int = 40
+    seg_lr: float = 0.05
+    # run
+    seed: int = 0
+    device: str = ""  # "" picks cuda, then mps, then cpu
+    amp: bool = True  # mixed precision, used on CUDA only
+    channels_last: bool = True  # used on CUDA only
+    num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    cache_dir: Path | None = None
+    run_dir: Path | None = None  # checkpoints and logs of this preset
+    submission_dir: Path | None = None
+    notes: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """A short human-readable listing of the settings that matter."""
+        keys = ["preset", "data_source", "data_root", "device", "image_size", "arch", "small_stem",
+                "epochs", "pseudo_epochs", "seg_epochs", "batch_size", "lr", "seed", "run_dir"]
+        return "\n".join(f"{k:>14}: {getattr(self, k)}" for k in keys)
+
+
+PRESETS: dict[str, dict] = {
+    # seconds: used by the tests (pytest --nbval), tiny images and a couple of epochs
+    "smoke": dict(image_size=32, epochs=2, pseudo_epochs=2, seg_epochs=2, batch_size=32,
+                  warmup_epochs=0, num_threads=2),
+    # minutes on a 2-core laptop CPU: a real run on the demo data
+    "cpu": dict(image_size=64, epochs=40, pseudo_epochs=40, seg_epochs=30, batch_size=64),
+    # a Colab T4 / Kaggle P100 or T4: the full run on the real data
+    "gpu": dict(image_size=160, small_stem=False, epochs=120, pseudo_epochs=120, seg_epochs=80,
+                batch_size=128, lr=0.1, ema_decay=0.999),
+}
+
+
+def project_root() -> Path:
+    """The repository root: $IMSUB_ROOT, else the first parent of the working directory with helpers/."""
+    env = os.environ.get(ENV_PREFIX + "ROOT")
+    if env:
+        return Path(env).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if (folder / "helpers" / "__init__.py").is_file() and (folder / "pyproject.toml").is_file():
+            return folder
+    return cwd
+
+
+def pick_device(requested: str = "") -> str:
+    """The requested device, else CUDA, else Apple MPS, else CPU."""
+    import torch
+
+    if requested:
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _is_dataset(folder: Path) -> bool:
+    return (folder / "train-semi").is_dir() and (folder / "train_semi_annotations_with_seg_ids.json").is_file()
+
+
+def _search(base: Path, max_depth: int) -> Path | None:
+    """The first folder at most `max_depth` levels below `base` that holds the challenge layout."""
+    if not base.is_dir():
+        return None
+    level = [base]
+    for _ in range(max_depth + 1):
+        for folder in sorted(level):
+            if _is_dataset(folder):
+                return folder
+        level = [child for folder in level for child in _subdirs(folder)]
+    return None
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def find_data_root(explicit: str | os.PathLike | None = None, root: Path | None = None) -> tuple[Path | None, str]:
+    """Find the data: explicit setting, Kaggle inputs, Colab Drive, data/ImageNet-Subset; (None, "demo") if none."""
+    root = root or project_root()
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not _is_dataset(path):
+            found = _search(path, 2)
+            if found is None:
+                raise FileNotFoundError(
+                    f"{path}: no challenge data here (expected train-semi/ and "
+                    "train_semi_annotations_with_seg_ids.json); fix IMSUB_DATA_ROOT or data_root")
+            path = found
+        return path.resolve(), "setting"
+    for base, source, depth in ((KAGGLE_INPUT, "kaggle", 3), (COLAB_DRIVE, "colab", 2),
+                                (root / "data" / DATASET_DIRNAME, "local", 1)):
+        found = _search(base, depth)
+        if found is not None:
+            return found.resolve(), source
+    return None, "demo"
+
+
+def demo_dir(root: Path | None = None) -> Path:
+    """Where the generated demo data lives."""
+    return (root or project_root()) / "data" / "demo"
+
+
+def _coerce(value: str, current, name: str):
+    """Turn an environment string into the type of the field it overrides."""
+    if isinstance(current, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={value!r}: expected true/false")
+    if isinstance(current, int):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    return value
+
+
+_PATH_FIELDS = {"data_root", "truth_root", "cache_dir", "run_dir", "submission_dir", "encoder_weights"}
+
+
+def get_config(preset: str | None = None, *, prepare_data: bool = True, **overrides) -> Config:
+    """Build the run's Config: preset defaults < IMSUB_* environment variables < keyword overrides.
+
+    The preset comes from the argument, else $IMSUB_PRESET, else "gpu" with CUDA and "cpu" without.
+    With no data found, the demo data is generated (once) and used (`prepare_data=False` skips that).
+    """
+    import torch
+
+    preset = preset or os.environ.get(ENV_PREFIX + "PRESET") or ("gpu" if torch.cuda.is_available() else "cpu")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values = {**dataclasses.asdict(Config()), **PRESETS[preset], "preset": preset}
+    names = {f.name for f in dataclasses.fields(Config)} - {"notes", "preset"}
+    for name in names:
+        env = os.environ.get(ENV_PREFIX + name.upper())
+        if env is not None and env != "":
+            values[name] = Path(env) if name in _PATH_FIELDS else _coerce(env, values[name], name)
+    unknown = set(overrides) - names
+    if unknown:
+        raise TypeError(f"unknown config fields {sorted(unknown)}; known: {sorted(names)}")
+    values.update(overrides)
+    cfg = Config(**values)
+
+    root = project_root()
+    cfg.device = pick_device(cfg.device)
+    cfg.cache_dir = Path(cfg.cache_dir or root / "cache")
+    cfg.run_dir = Path(cfg.run_dir or root / "runs" / preset)
+    cfg.submission_dir = Path(cfg.submission_dir or (root / "submission" if preset != "smoke"
+                                                     else cfg.run_dir / "submission"))
+    data_root, source = find_data_root(cfg.data_root, root)
+    if data_root is None:
+        data_root, cfg.truth_root = _demo_paths(root, cfg.demo_full, prepare_data)
+    cfg.data_root, cfg.data_source = data_root, source
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    return cfg
+
+
+def _demo_paths(root: Path, full: bool, prepare: bool) -> tuple[Path, Path]:
+    out = demo_dir(root) if not full else demo_dir(root).with_name("demo-full")
+    if not prepare:
+        return out / DATASET_DIRNAME, out / "truth"
+    from .demo import ensure_demo
+
+    return Path(ensure_demo(out, full=full)), out / "truth"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so that a run can be repeated."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
