@@ -41,15 +41,15 @@ def ids_to_rgb(ids):
         if ids.size and (ids.min() < 0 or ids.max() > MAX_ID):
             raise ValueError(f"segment ids must lie in 0..{MAX_ID}, got {ids.min()}..{ids.max()}")
         rgb = np.zeros((*ids.shape, 3), dtype=np.uint8)
-        rgb[..., 0] = ids % 256
-        rgb[..., 1] = ids // 256
+        rgb[..., 0] = ids & 255
+        rgb[..., 1] = ids >> 8
         return rgb
     import torch
 
     ids = ids.to(torch.int64)
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > MAX_ID):
         raise ValueError(f"segment ids must lie in 0..{MAX_ID}")
-    return torch.stack([ids % 256, ids // 256, torch.zeros_like(ids)], dim=-1).to(torch.uint8)
+    return torch.stack([ids & 255, ids >> 8, torch.zeros_like(ids)], dim=-1).to(torch.uint8)
 
 
 def ids_to_index(ids, num_classes: int, source: str | os.PathLike = "mask"):

@@ -1,0 +1,648 @@
+"""Synthetic demo dataset in the exact challenge layout, deterministic by seed, with hidden truth.
+
+Every class is one (shape family, surface texture) pair, e.g. "striped disc" or "dotted star":
+7 shape families (disc, ring, star, cross, triangle, crescent, arrow) x 8 textures (striped,
+checkered, dotted, gridded, wavy, concentric, plain, mottled); class k is shape k % 7 with
+texture k % 8, so up to 56 distinct classes, and classes share shapes and textures (class 0 and 7
+share the disc, class 0 and 8 the stripes): a model must see both. Each object has random colours
+drawn independently of its class, a random rotation, aspect, size (the object covers about
+15%..60% of the image, less where it would not fit) and position, per-class shape variants (star points, arm widths, jittered
+outlines), sometimes a partial occluder (a background-coloured bite or a clutter patch; the
+occluded part is background in the mask), on a cluttered background (gradient, noise, small thin
+distractor strokes that are not any class's object). Image sizes vary from 160x120 to 400x320,
+landscape and portrait.
+
+Layout under `out_dir` (see SPEC "Demo data layout"):
+    ImageNet-Subset/train-semi/<wnid>/<wnid>_<n>.JPEG, train-semi-segmentation/<wnid>/<wnid>_<n>.png,
+        train_semi_annotations_with_seg_ids.json (entries name ".jpg", as the real data does),
+        train-unlabeled/u_00000.JPEG ..., test/00000.JPEG ..., class_names.json {wnid: name}
+    truth/test/classification.json, truth/test/segmentation/<stem>.png, truth/unlabeled.json
+    demo_info.json  (parameters + version; written last: its presence means "complete")
+wnids are "n9" + 7 digits of the class index, so sorted order is class_id order.
+
+Masks: RGB PNG, id = R + G*256: background 0, the object k + 1, and a 3-pixel ignore band of
+id 1000 along every object boundary (including the edges an occluder cuts).
+
+Quirky files, as in ImageNet (`_quirk_plan`): in each split, a few images are stored as a grayscale
+JPEG (mode "L"), a CMYK JPEG, or a PNG under a .JPEG name: of each kind max(1, round(n / 200)) of
+the n labeled images and max(1, round(n / 80)) of the unlabeled and of the test images (so the
+default has 1 of each labeled, 5 of each unlabeled, 2 of each test; a split of fewer than 3 images
+gets fewer kinds). Their masks still match the image size. demo_info.json lists them under "quirks".
+"""
+from __future__ import annotations
+
+import argparse
+import colorsys
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from .masks import IGNORE_ID, class_to_id, write_mask
+
+DEMO_VERSION = 1
+DATASET_DIRNAME = "ImageNet-Subset"
+MARKER = "demo_info.json"
+SHAPES = ("disc", "ring", "star", "cross", "triangle", "crescent", "arrow")
+TEXTURES = ("striped", "checkered", "dotted", "gridded", "wavy", "concentric", "plain", "mottled")
+MAX_CLASSES = len(SHAPES) * len(TEXTURES)  # 7 and 8 are coprime: k -> (k % 7, k % 8) is one-to-one
+FULL_PARAMS = {"num_classes": 50, "per_class": 10, "num_unlabeled": 5000, "num_test": 752}
+QUIRKS = ("gray", "cmyk", "png")
+_SPLIT_CODES = {"labeled": 0, "unlabeled": 1, "test": 2}
+
+
+# ----------------------------------------------------------------------------------------------
+# classes
+
+
+def class_spec(class_id: int) -> tuple[str, str]:
+    """(shape family, texture) of class `class_id`."""
+    if not 0 <= class_id < MAX_CLASSES:
+        raise ValueError(f"the demo data has at most {MAX_CLASSES} classes, got class {class_id}")
+    return SHAPES[class_id % len(SHAPES)], TEXTURES[class_id % len(TEXTURES)]
+
+
+def demo_wnids(num_classes: int) -> list[str]:
+    """Fake wnids ("n" + 8 digits) whose sorted order is the class order."""
+    return [f"n9{k:07d}" for k in range(num_classes)]
+
+
+def demo_class_names(num_classes: int) -> list[str]:
+    """Readable names such as "striped disc", in class order."""
+    return [" ".join(reversed(class_spec(k))) for k in range(num_classes)]
+
+
+# ----------------------------------------------------------------------------------------------
+# drawing one image
+
+
+def _random_colour(rng: np.random.Generator, sat=(0.15, 1.0), val=(0.2, 1.0)) -> np.ndarray:
+    """A random RGB colour (float, 0..255) from HSV ranges."""
+    r, g, b = colorsys.hsv_to_rgb(rng.random(), rng.uniform(*sat), rng.uniform(*val))
+    return np.array([r, g, b], dtype=np.float32) * 255
+
+
+def _luma(c: np.ndarray) -> float:
+    """Luminance of an RGB colour."""
+    return float(c @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+
+
+def _object_colours(rng: np.random.Generator, bg: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Two texture colours that differ from each other (also in luminance) and from the background."""
+    best = None
+    for _ in range(30):
+        c1, c2 = _random_colour(rng), _random_colour(rng)
+        score = min(np.linalg.norm(c1 - c2) / 90, abs(_luma(c1) - _luma(c2)) / 40,
+                    *(np.linalg.norm((c1 + c2) / 2 - b) / 70 for b in bg),
+                    *(np.linalg.norm(c1 - b) / 50 for b in bg))
+        if best is None or score > best[0]:
+            best = (score, c1, c2)
+        if score >= 1:
+            break
+    return best[1], best[2]
+
+
+def _image_size(rng: np.random.Generator) -> tuple[int, int]:
+    """(width, height): landscape, portrait or square-ish, 160..400 x 120..320."""
+    kind = rng.random()
+    if kind < 0.65:
+        w = int(rng.integers(220, 401))
+        h = int(np.clip(w / rng.uniform(1.2, 1.6), 120, 320))
+    elif kind < 0.9:
+        h = int(rng.integers(220, 321))
+        w = int(np.clip(h / rng.uniform(1.2, 1.6), 160, 400))
+    else:
+        w = h = int(rng.integers(160, 321))
+    return w, h
+
+
+def _smooth_noise(rng: np.random.Generator, w: int, h: int, cells: int, channels: int = 1) -> np.ndarray:
+    """Low-frequency noise (H x W x channels, about -1..1): a random grid upsampled bilinearly."""
+    gw, gh = max(2, int(round(cells * w / max(w, h)))), max(2, int(round(cells * h / max(w, h))))
+    out = np.empty((h, w, channels), dtype=np.float32)
+    for c in range(channels):
+        grid = Image.fromarray(rng.uniform(-1, 1, (gh, gw)).astype(np.float32), mode="F")
+        out[..., c] = np.asarray(grid.resize((w, h), Image.BILINEAR))
+    return out
+
+
+def _background(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A cluttered background (H x W x 3 float) and its two base colours."""
+    c_a = _random_colour(rng, sat=(0.0, 0.6), val=(0.15, 0.95))
+    c_b = _random_colour(rng, sat=(0.0, 0.6), val=(0.15, 0.95))
+    angle = rng.uniform(0, 2 * math.pi)
+    t = (np.arange(w, dtype=np.float32)[None, :] * math.cos(angle)
+         + np.arange(h, dtype=np.float32)[:, None] * math.sin(angle))
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
+    bg = c_a + (c_b - c_a) * t[..., None]
+    bg += _smooth_noise(rng, w, h, int(rng.integers(3, 7)), 3) * rng.uniform(10, 35)
+    bg += _smooth_noise(rng, w, h, int(rng.integers(16, 40)), 1) * rng.uniform(4, 14)
+    img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), mode="RGB")
+    _distractors(rng, img)
+    return np.asarray(img, dtype=np.float32), [c_a, c_b]
+
+
+def _distractors(rng: np.random.Generator, img: Image.Image) -> None:
+    """Draw small, thin clutter (strokes, scribbles, arcs, specks, outlines) that is no class's object."""
+    w, h = img.size
+    side = min(w, h)
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(4, 14))):
+        colour = tuple(int(c) for c in _random_colour(rng, sat=(0, 0.8), val=(0.1, 1.0)))
+        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        size = side * rng.uniform(0.04, 0.18)
+        width = int(rng.integers(1, 3))
+        kind = rng.integers(0, 5)
+        if kind == 0:  # a straight stroke
+            a = rng.uniform(0, 2 * math.pi)
+            draw.line([(x, y), (x + size * 1.5 * math.cos(a), y + size * 1.5 * math.sin(a))], fill=colour, width=width)
+        elif kind == 1:  # a scribble
+            pts = np.cumsum(rng.normal(0, size / 3, (int(rng.integers(3, 7)), 2)), axis=0) + (x, y)
+            draw.line([tuple(p) for p in pts], fill=colour, width=width, joint="curve")
+        elif kind == 2:  # an open arc
+            start = rng.uniform(0, 360)
+            draw.arc([x - size / 2, y - size / 2, x + size / 2, y + size / 2], start, start + rng.uniform(60, 200),
+                     fill=colour, width=width)
+        elif kind == 3:  # a few specks
+            for _ in range(int(rng.integers(3, 9))):
+                px, py, r = x + rng.normal(0, size / 2), y + rng.normal(0, size / 2), rng.uniform(1, 2.5)
+                draw.ellipse([px - r, py - r, px + r, py + r], fill=colour)
+        else:  # a small rectangle outline
+            s2 = size * rng.uniform(0.25, 0.5)
+            draw.rectangle([x - s2, y - s2 * rng.uniform(0.5, 1.5), x + s2, y + s2], outline=colour, width=1)
+
+
+def _ellipse_pts(n: int, rng: np.random.Generator, wobble: float, rx: float = 1.0, ry: float = 1.0,
+                 cx: float = 0.0, cy: float = 0.0) -> np.ndarray:
+    """An ellipse outline (n x 2) with a low-frequency radial wobble."""
+    t = np.linspace(0, 2 * math.pi, n, endpoint=False)
+    r = np.ones_like(t)
+    for freq in (2, 3, 5):
+        r += rng.uniform(-wobble, wobble) * np.sin(freq * t + rng.uniform(0, 2 * math.pi))
+    return np.stack([cx + rx * r * np.cos(t), cy + ry * r * np.sin(t)], axis=1)
+
+
+def _shape_ops(shape: str, rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
+    """A random variant of a shape family in unit coordinates: polygons to fill (255) or cut (0)."""
+    jitter = lambda pts, a=0.035: pts + rng.normal(0, a, pts.shape)  # noqa: E731
+    if shape == "disc":
+        return [(_ellipse_pts(72, rng, 0.04), 255)]
+    if shape == "ring":
+        inner = rng.uniform(0.45, 0.62)
+        off = rng.uniform(-0.06, 0.06, 2)
+        return [(_ellipse_pts(72, rng, 0.03), 255),
+                (_ellipse_pts(60, rng, 0.02, inner, inner * rng.uniform(0.85, 1.1), *off), 0)]
+    if shape == "star":
+        n, inner = int(rng.integers(5, 8)), rng.uniform(0.4, 0.55)
+        t = np.arange(2 * n) * math.pi / n
+        r = np.where(np.arange(2 * n) % 2 == 0, 1.0, inner)
+        return [(jitter(np.stack([r * np.cos(t), r * np.sin(t)], axis=1), 0.03), 255)]
+    if shape == "cross":
+        a = rng.uniform(0.22, 0.36)  # half arm width
+        e, n_, w_, s_ = rng.uniform(0.75, 1.0, 4)  # arm lengths
+        pts = np.array([(a, a), (e, a), (e, -a), (a, -a), (a, -s_), (-a, -s_), (-a, -a), (-w_, -a),
+                        (-w_, a), (-a, a), (-a, n_), (a, n_)])
+        return [(jitter(pts, 0.025), 255)]
+    if shape == "triangle":
+        t = np.deg2rad(np.array([90.0, 210.0, 330.0]) + rng.uniform(-18, 18, 3))
+        r = rng.uniform(0.85, 1.0, 3)
+        return [(jitter(np.stack([r * np.cos(t), r * np.sin(t)], axis=1), 0.03), 255)]
+    if shape == "crescent":
+        cut = rng.uniform(0.72, 0.9)
+        return [(_ellipse_pts(72, rng, 0.03), 255),
+                (_ellipse_pts(72, rng, 0.01, cut, cut, rng.uniform(0.4, 0.6), rng.uniform(-0.08, 0.08)), 0)]
+    if shape == "arrow":
+        sw, hw = rng.uniform(0.14, 0.24), rng.uniform(0.45, 0.62)  # shaft / head half widths
+        neck = rng.uniform(0.0, 0.3)
+        pts = np.array([(-1.0, sw), (neck, sw), (neck, hw), (1.0, 0.0), (neck, -hw), (neck, -sw), (-1.0, -sw)])
+        return [(jitter(pts, 0.025), 255)]
+    raise ValueError(f"unknown shape family {shape!r}")
+
+
+def _texture(texture: str, rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray, scale: float) -> np.ndarray:
+    """Pattern in 0..1 (which of the two colours) on object-centred pixel coordinates."""
+    period = scale * rng.uniform(0.22, 0.32)
+    if texture == "gridded":
+        period *= 1.3
+    a = rng.uniform(0, math.pi)
+    u = (xs * math.cos(a) + ys * math.sin(a)) / period + rng.random()
+    v = (-xs * math.sin(a) + ys * math.cos(a)) / period + rng.random()
+    sharp = lambda s: np.clip(0.5 + s * period * 0.35, 0, 1)  # noqa: E731  about 1 px soft edges
+    if texture == "striped":
+        return sharp(np.sin(2 * math.pi * u) - rng.uniform(-0.3, 0.3))
+    if texture == "wavy":
+        t = u + rng.uniform(0.3, 0.45) * np.sin(2 * math.pi * v / rng.uniform(1.4, 2.2))
+        return sharp(np.sin(2 * math.pi * t))
+    if texture == "checkered":
+        return sharp(np.sin(2 * math.pi * u) * np.sin(2 * math.pi * v) * 2)
+    if texture == "dotted":
+        v_row = np.floor(v + 0.5)
+        u = u + 0.5 * (v_row % 2)  # hexagonal-ish lattice
+        d = np.hypot(u - np.round(u), v - np.round(v))
+        return np.clip((rng.uniform(0.22, 0.32) - d) * period + 0.5, 0, 1)
+    if texture == "gridded":
+        m = np.minimum(np.abs(u - np.round(u)), np.abs(v - np.round(v)))
+        return np.clip((rng.uniform(0.1, 0.15) - m) * period + 0.5, 0, 1)
+    if texture == "concentric":
+        r = np.hypot(xs - rng.normal(0, scale * 0.1), ys - rng.normal(0, scale * 0.1)) / period
+        return sharp(np.sin(2 * math.pi * (r + rng.random())))
+    if texture == "plain":
+        return np.zeros_like(xs)
+    if texture == "mottled":
+        h, w = xs.shape
+        cells = max(3, int(max(w, h) / (period * 1.1)))
+        return np.clip(0.5 + _smooth_noise(rng, w, h, cells)[..., 0] * 6, 0, 1)
+    raise ValueError(f"unknown texture {texture!r}")
+
+
+def _fill(size: tuple[int, int], ops: list[tuple[np.ndarray, int]]) -> Image.Image:
+    """Rasterise fill/cut polygons (pixel coordinates) into an "L" mask image (0 / 255)."""
+    img = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(img)
+    for pts, value in ops:
+        draw.polygon([tuple(p) for p in pts.tolist()], fill=value)
+    return img
+
+
+def _box(mask: Image.Image, margin: int) -> tuple[slice, slice] | None:
+    """Row and column slices of a mask's non-zero bounding box grown by `margin` (None if empty)."""
+    bbox = mask.getbbox()
+    if bbox is None:
+        return None
+    x0, y0, x1, y1 = bbox
+    w, h = mask.size
+    return slice(max(0, y0 - margin), min(h, y1 + margin)), slice(max(0, x0 - margin), min(w, x1 + margin))
+
+
+def _alpha(mask: Image.Image, box: tuple[slice, slice]) -> np.ndarray:
+    """Softly anti-aliased alpha (h x w x 1 float, 0..1) of a mask inside `box`."""
+    ys, xs = box
+    crop = mask.crop((xs.start, ys.start, xs.stop, ys.stop)).filter(ImageFilter.GaussianBlur(0.6))
+    return np.asarray(crop, dtype=np.float32)[..., None] / 255
+
+
+def _grain(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Cheap pixel noise with standard deviation about 1 (uniform bytes)."""
+    return np.frombuffer(rng.bytes(int(np.prod(shape))), dtype=np.int8).reshape(shape).astype(np.float32) / 74
+
+
+def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary dilation with a (2r+1) square, separable; beyond the edge the mask continues."""
+    h, w = mask.shape
+    padded = np.pad(mask, r, mode="edge")
+    rows = np.zeros((h + 2 * r, w), dtype=bool)
+    for dx in range(2 * r + 1):
+        rows |= padded[:, dx:dx + w]
+    out = np.zeros((h, w), dtype=bool)
+    for dy in range(2 * r + 1):
+        out |= rows[dy:dy + h]
+    return out
+
+
+def _ignore_band(visible: Image.Image, box: tuple[slice, slice]) -> np.ndarray:
+    """Inside `box`: pixels within 2 px outside / 1 px inside the boundary (dilation XOR erosion)."""
+    ys, xs = box
+    crop = np.asarray(visible.crop((xs.start, ys.start, xs.stop, ys.stop))) > 127
+    return _dilate(crop, 2) & _dilate(~crop, 1)
+
+
+def _rotation(angle: float) -> np.ndarray:
+    """2 x 2 rotation matrix."""
+    return np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+
+
+def render_example(class_id: int, rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
+    """Draw one image of class `class_id` and its mask ids (H x W int32: 0, class_id + 1, 1000)."""
+    shape, texture = class_spec(class_id)
+    w, h = _image_size(rng)
+    bg, bg_colours = _background(rng, w, h)
+
+    # Place a random variant: rotate, stretch, then scale it to cover 15..60% of the image
+    # (less where it would not fit).
+    ops = _shape_ops(shape, rng)
+    aspect = rng.uniform(0.65, 1.0) if shape in ("disc", "ring", "triangle", "crescent") else rng.uniform(0.8, 1.0)
+    rmat = _rotation(rng.uniform(0, 2 * math.pi)) * [1.0, aspect]
+    ops = [(pts @ rmat.T, v) for pts, v in ops]
+    outline = np.concatenate([pts for pts, v in ops if v == 255])
+    lo, hi = outline.min(0), outline.max(0)
+    bw, bh = hi - lo
+    fill = np.count_nonzero(np.asarray(_fill((64, 64), [((pts - lo) * (63.0 / max(bw, bh)), v) for pts, v in ops])))
+    unit_area = fill / (64 * 64) * max(bw, bh) ** 2
+    scale = math.sqrt(rng.uniform(0.15, 0.6) * w * h / unit_area)
+    scale = float(min(scale, 0.95 * w / bw, 0.95 * h / bh))
+    ox = rng.uniform(-lo[0] * scale, w - hi[0] * scale)
+    oy = rng.uniform(-lo[1] * scale, h - hi[1] * scale)
+    centre = (lo + hi) / 2 * scale + (ox, oy)
+    obj = _fill((w, h), [(pts * scale + (ox, oy), v) for pts, v in ops])
+    box = _box(obj, 3)
+    ys, xs = box
+
+    # Surface (inside the object's box): two random colours mixed by the class texture, shaded.
+    gy, gx = np.mgrid[ys, xs].astype(np.float32)
+    gx -= np.float32(centre[0])
+    gy -= np.float32(centre[1])
+    c1, c2 = _object_colours(rng, bg_colours)
+    p = _texture(texture, rng, gx, gy, scale)[..., None]
+    surface = c1 * (1 - p) + c2 * p
+    light = rng.uniform(0, math.pi * 2)
+    surface *= (1 + rng.uniform(0, 0.3) * (gx * math.cos(light) + gy * math.sin(light)) / scale)[..., None]
+    surface += _grain(rng, surface.shape) * rng.uniform(2, 7)
+
+    if rng.random() < 0.5:  # a soft drop shadow
+        shift = (int(rng.integers(-4, 5) * scale / 60), int(rng.integers(1, 5) * scale / 60))
+        shadow = obj.transform(obj.size, Image.AFFINE, (1, 0, -shift[0], 0, 1, -shift[1]))
+        shadow = np.asarray(shadow.filter(ImageFilter.GaussianBlur(max(1.0, scale / 25))), dtype=np.float32) / 255
+        bg = bg * (1 - rng.uniform(0.2, 0.45) * shadow)[..., None]
+    img = bg.copy()
+    alpha = _alpha(obj, box)
+    img[box] = bg[box] * (1 - alpha) + surface * alpha
+
+    # Partial occlusion: a straight-edged bite that shows the background, or a clutter patch in
+    # front. It must stick out of the object, or a disc with a hole would look like a ring.
+    visible = obj
+    if rng.random() < 0.4:
+        obj_np = np.asarray(obj) > 127
+        yy, xx = np.nonzero(obj_np)
+        area = len(xx)
+        bite = rng.random() < 0.5
+        occ = None
+        for _ in range(6):
+            i = int(rng.integers(0, area))
+            rx, ry = scale * rng.uniform(0.25, 0.5), scale * rng.uniform(0.2, 0.45)
+            if bite or rng.random() < 0.5:
+                corners = np.array([(-rx, -ry), (rx, -ry), (rx, ry), (-rx, ry)])
+            else:
+                corners = _ellipse_pts(40, rng, 0.05, rx, ry)
+            corners = corners @ _rotation(rng.uniform(0, math.pi)).T + (xx[i], yy[i])
+            occ = _fill((w, h), [(corners, 255)])
+            occ_np = np.asarray(occ) > 127
+            covered = np.count_nonzero(obj_np & occ_np)
+            outside = np.count_nonzero(occ_np) - covered
+            if 0.08 <= covered / area <= 0.4 and outside >= 0.3 * np.count_nonzero(occ_np):
+                break
+            occ = None
+        occ_box = _box(occ, 2) if occ is not None else None
+        if occ_box is not None:
+            oa = _alpha(occ, occ_box)
+            if bite:
+                patch = bg[occ_box]
+            else:
+                oh, ow = oa.shape[:2]
+                patch = _random_colour(rng, sat=(0, 0.7), val=(0.1, 0.95)) + \
+                    _smooth_noise(rng, ow, oh, 5, 3) * rng.uniform(10, 30)
+            img[occ_box] = img[occ_box] * (1 - oa) + patch * oa
+            visible = Image.fromarray(np.where(occ_np, 0, np.asarray(obj)).astype(np.uint8), mode="L")
+
+    img = img * rng.uniform(0.85, 1.15) + rng.uniform(-15, 15)
+    img += _grain(rng, img.shape) * rng.uniform(1, 5)
+    image = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), mode="RGB")
+    ids = np.where(np.asarray(visible) > 127, class_to_id(class_id), 0).astype(np.int32)
+    band_box = _box(visible, 4) or box
+    ids[band_box][_ignore_band(visible, band_box)] = IGNORE_ID
+    return image, ids
+
+
+# ----------------------------------------------------------------------------------------------
+# writing the dataset
+
+
+def _save_image(image: Image.Image, path: Path, quirk: str | None) -> None:
+    """Save as an RGB JPEG, or as one of ImageNet's oddities (grayscale / CMYK JPEG, PNG bytes)."""
+    if quirk is None:
+        image.save(path, format="JPEG", quality=90)
+    elif quirk == "gray":
+        image.convert("L").save(path, format="JPEG", quality=90)
+    elif quirk == "cmyk":
+        image.convert("CMYK").save(path, format="JPEG", quality=90)
+    elif quirk == "png":
+        image.save(path, format="PNG", compress_level=1)
+    else:
+        raise ValueError(f"unknown quirk {quirk!r}")
+
+
+def _make_one(task: tuple) -> None:
+    """Worker: draw image `index` of `split` and write its image (and mask, if any)."""
+    seed, split, index, class_id, image_path, mask_path, quirk = task
+    rng = np.random.default_rng([seed, _SPLIT_CODES[split], index])
+    image, ids = render_example(class_id, rng)
+    _save_image(image, Path(image_path), quirk)
+    if mask_path is not None:
+        write_mask(mask_path, ids)
+
+
+def _quirk_plan(n: int, per_kind: int, rng: np.random.Generator) -> dict[int, str]:
+    """Which of n images are stored as quirky files: `per_kind` of each kind, as far as n allows."""
+    order = rng.permutation(n)
+    kinds = [q for _ in range(per_kind) for q in QUIRKS][:n]
+    return {int(i): q for i, q in zip(order, kinds)}
+
+
+def _resolve_params(num_classes: int, per_class: int, num_unlabeled: int, num_test: int, seed: int,
+                    full: bool) -> dict:
+    """The effective parameters (full=True overrides the counts), validated."""
+    params = dict(num_classes=num_classes, per_class=per_class, num_unlabeled=num_unlabeled,
+                  num_test=num_test, seed=seed)
+    if full:
+        params.update(FULL_PARAMS)
+    params = {k: int(v) for k, v in params.items()}
+    if not 1 <= params["num_classes"] <= MAX_CLASSES:
+        raise ValueError(f"num_classes must lie in 1..{MAX_CLASSES}, got {params['num_classes']}")
+    if params["per_class"] < 1 or params["num_unlabeled"] < 0 or params["num_test"] < 0 or params["seed"] < 0:
+        raise ValueError(f"per_class must be >= 1 and num_unlabeled, num_test, seed >= 0; got {params}")
+    return params
+
+
+def _read_marker(out_dir: Path) -> dict | None:
+    """The marker of a complete demo in out_dir, or None."""
+    try:
+        return json.loads((out_dir / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, obj) -> None:
+    """Write JSON atomically (tmp file + os.replace)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id is running (on this machine)."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _remove_stale_partials(out_dir: Path) -> None:
+    """Delete leftovers of interrupted runs (their process is gone)."""
+    for p in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace a folder that holds anything but a demo dataset."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir}: exists and is not a folder; choose another demo output folder")
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in {DATASET_DIRNAME, "truth", MARKER})
+    if foreign:
+        raise FileExistsError(
+            f"{out_dir}: holds {foreign[:5]}, which are not demo data; refusing to replace it. "
+            "Choose an empty or new folder for the demo data, or move those files away.")
+
+
+def generate_demo(out_dir: Path, num_classes: int = 10, per_class: int = 10, num_unlabeled: int = 400,
+                  num_test: int = 150, seed: int = 0, full: bool = False, progress: bool = True,
+                  workers: int | None = None) -> Path:
+    """Generate the demo dataset into out_dir (replacing an old one); returns its ImageNet-Subset root."""
+    params = _resolve_params(num_classes, per_class, num_unlabeled, num_test, seed, full)
+    out_dir = Path(out_dir).absolute()
+    _check_replaceable(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    start = time.perf_counter()
+
+    k, seed = params["num_classes"], params["seed"]
+    root, truth = tmp / DATASET_DIRNAME, tmp / "truth"
+    wnids = demo_wnids(k)
+    for d in ([root / "train-semi" / w for w in wnids] + [root / "train-semi-segmentation" / w for w in wnids]
+              + [root / "train-unlabeled", root / "test", truth / "test" / "segmentation"]):
+        d.mkdir(parents=True, exist_ok=True)
+
+    tasks, annotations, quirks = [], [], {}
+    # Labeled: per class, ImageNet-like random image numbers.
+    n_lab = k * params["per_class"]
+    lab_quirks = _quirk_plan(n_lab, max(1, round(n_lab / 200)), np.random.default_rng([seed, 20]))
+    for c, wnid in enumerate(wnids):
+        numbers = np.sort(np.random.default_rng([seed, 30, c]).choice(
+            np.arange(1, 60000), params["per_class"], replace=False))
+        for j, number in enumerate(numbers):
+            stem = f"{wnid}_{int(number)}"
+            i = c * params["per_class"] + j
+            q = lab_quirks.get(i)
+            tasks.append((seed, "labeled", i, c, str(root / "train-semi" / wnid / f"{stem}.JPEG"),
+                          str(root / "train-semi-segmentation" / wnid / f"{stem}.png"), q))
+            annotations.append({"image": f"{wnid}/{stem}.jpg", "mask": f"{wnid}/{stem}.png", "class_id": c,
+                                "segmentation_ids": [class_to_id(c)]})
+            if q:
+                quirks[f"train-semi/{wnid}/{stem}.JPEG"] = q
+
+    # Unlabeled and test: balanced classes in shuffled order, so neither name nor index tells the class.
+    truth_lists = {}
+    for split, n in (("unlabeled", params["num_unlabeled"]), ("test", params["num_test"])):
+        code = _SPLIT_CODES[split]
+        classes = np.random.default_rng([seed, 10 + code]).permutation(np.arange(n) % k)
+        plan = _quirk_plan(n, max(1, round(n / 80)), np.random.default_rng([seed, 20 + code]))
+        entries = []
+        for i, c in enumerate(classes.tolist()):
+            name = f"u_{i:05d}.JPEG" if split == "unlabeled" else f"{i:05d}.JPEG"
+            folder = root / ("train-unlabeled" if split == "unlabeled" else "test")
+            mask = str(truth / "test" / "segmentation" / f"{i:05d}.png") if split == "test" else None
+            tasks.append((seed, split, i, c, str(folder / name), mask, plan.get(i)))
+            entries.append({"image": name, "class_id": c})
+            if i in plan:
+                quirks[f"{folder.name}/{name}"] = plan[i]
+        truth_lists[split] = entries
+
+    # Processes pay off only for more than a few dozen images.
+    n_workers = workers if workers is not None else (min(2, os.cpu_count() or 1) if len(tasks) >= 40 else 1)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(tasks), desc="demo data", unit="img", disable=not progress)
+    done = 0
+    if n_workers > 1:
+        try:
+            with multiprocessing.get_context().Pool(n_workers) as pool:
+                for _ in pool.imap_unordered(_make_one, tasks, chunksize=8):
+                    bar.update()
+                    done += 1
+        except OSError as e:  # no process pool here (e.g. no /dev/shm): draw in this process
+            warnings.warn(f"demo data: no worker processes ({e}); generating in one process", stacklevel=2)
+            bar.reset()
+            done = 0
+    if done < len(tasks):
+        for task in tasks:
+            _make_one(task)
+            bar.update()
+    bar.close()
+
+    _write_json(root / "train_semi_annotations_with_seg_ids.json", annotations)
+    _write_json(root / "class_names.json", dict(zip(wnids, demo_class_names(k))))
+    _write_json(truth / "test" / "classification.json", truth_lists["test"])
+    _write_json(truth / "unlabeled.json", truth_lists["unlabeled"])
+    _write_json(tmp / MARKER, {"version": DEMO_VERSION, "params": params, "quirks": quirks,
+                               "classes": {w: dict(zip(("shape", "texture"), class_spec(c)))
+                                           for c, w in enumerate(wnids)}})
+
+    # Swap the finished folder in; the old one (if any) is moved aside first, then deleted.
+    old = None
+    if out_dir.exists():
+        _check_replaceable(out_dir)
+        old = out_dir.parent / f".{out_dir.name}.partial-old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    if progress:
+        print(f"demo data: {len(tasks)} images in {time.perf_counter() - start:.1f} s -> {out_dir / DATASET_DIRNAME}")
+    return out_dir / DATASET_DIRNAME
+
+
+def ensure_demo(out_dir: Path, **params) -> Path:
+    """Return the demo's ImageNet-Subset root, generating it only if missing or made with other parameters."""
+    gen_keys = ("num_classes", "per_class", "num_unlabeled", "num_test", "seed", "full")
+    defaults = dict(num_classes=10, per_class=10, num_unlabeled=400, num_test=150, seed=0, full=False)
+    unknown = set(params) - set(gen_keys) - {"progress", "workers"}
+    if unknown:
+        raise TypeError(f"ensure_demo: unknown parameters {sorted(unknown)}")
+    wanted = _resolve_params(**{**defaults, **{k: v for k, v in params.items() if k in gen_keys}})
+    out_dir = Path(out_dir)
+    marker = _read_marker(out_dir)
+    if (marker is not None and marker.get("version") == DEMO_VERSION and marker.get("params") == wanted
+            and (out_dir / DATASET_DIRNAME).is_dir()):
+        return (out_dir / DATASET_DIRNAME).absolute()
+    return generate_demo(out_dir, **{**defaults, **params})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: python -m helpers.demo --out data/demo [--full] [--seed N] [--classes N] ..."""
+    ap = argparse.ArgumentParser(description="Generate the synthetic demo dataset (challenge layout + truth).")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "demo",
+                    help="output folder (default: <repo>/data/demo)")
+    ap.add_argument("--full", action="store_true", help="full size: 50 classes x 10, 5000 unlabeled, 752 test")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--classes", type=int, default=10, help=f"number of classes (1..{MAX_CLASSES})")
+    ap.add_argument("--per-class", type=int, default=10, help="labeled images per class")
+    ap.add_argument("--unlabeled", type=int, default=400)
+    ap.add_argument("--test", type=int, default=150)
+    ap.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
+    ap.add_argument("--force", action="store_true", help="regenerate even if the same demo exists")
+    args = ap.parse_args(argv)
+    kwargs = dict(num_classes=args.classes, per_class=args.per_class, num_unlabeled=args.unlabeled,
+                  num_test=args.test, seed=args.seed, full=args.full, workers=args.workers)
+    root = generate_demo(args.out, **kwargs) if args.force else ensure_demo(args.out, **kwargs)
+    print(root)
+
+
+if __name__ == "__main__":
+    main()
