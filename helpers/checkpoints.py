@@ -8,11 +8,9 @@ import torch
 
 # Who writes a checkpoint, by the first word of its file name (the run_name); used in error messages.
 _PRODUCERS = {
-    "classifier": "the classifier notebook (helpers.training.fit with run_name='classifier')",
-    "pseudo": "the pseudo-labeling notebook (helpers.training.fit on pseudo-labels)",
-    "fixmatch": "the semi-supervised notebook (helpers.training.fit with unlabeled=...)",
-    "segmenter": "the segmentation notebook",
-    "unet": "the segmentation notebook",
+    "classifier_pseudo": "notebooks/02_pseudo_labeling.ipynb (or `python -m helpers run`)",
+    "classifier": "notebooks/01_classifier_baseline.ipynb (or `python -m helpers run`)",
+    "unet": "notebooks/03_unet_segmentation.ipynb (or `python -m helpers run`)",
 }
 
 
