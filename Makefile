@@ -4,8 +4,6 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  := torch==2.14.1 torchvision==0.29.1
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
-EXECUTED  := build/notebooks
 
 .PHONY: run test venv demo clean
 venv: $(VENV)/.installed
@@ -17,16 +15,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# The main job: every notebook executed headless, in order; executed copies land in build/notebooks.
+# The main job: notebooks 00 -> 04 executed headless (executed copies in build/notebooks), ending in
+# submission/submission.zip and a one-screen summary. `make run PRESET=gpu` on a GPU machine.
+PRESET ?= cpu
 run: venv
-	@mkdir -p $(EXECUTED)
-	@for nb in $(NOTEBOOKS); do \
-	  echo "== $$nb"; \
-	  $(PY) -m nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
-	    --output-dir $(EXECUTED) $$nb || exit 1; \
-	done
+	$(PY) -m helpers run --preset $(PRESET)
 
 test: venv
+	rm -rf runs/smoke
 	IMSUB_PRESET=smoke $(PY) -m pytest -q tests --nbval-lax --nbval-current-env notebooks
 
 demo: venv

@@ -29,7 +29,7 @@ class Config:
     demo_full: bool = False  # generate the full-size demo (50 x 10 + 5000 + 752) instead of the small one
     # model
     arch: str = "resnet18"
-    small_stem: bool = True  # 3x3 stride-1 stem without max-pool, for images below ~128 px
+    small_stem: bool = False  # 3x3 stride-1 stem, no max-pool: finer features, ~13x the compute
     encoder_weights: Path | None = None  # optional local pretrained weights (only where rules allow)
     # classifier training
     epochs: int = 40
@@ -46,6 +46,7 @@ class Config:
     pseudo_epochs: int = 40
     pseudo_threshold: float = 0.8
     pseudo_max_per_class: int = 0  # 0: derived from the unlabeled count (2x the mean share per class)
+    consistency_weight: float = 0.0  # > 0 adds the FixMatch loss on unlabeled batches while retraining
     # segmentation
     seg_epochs: int = 40
     seg_lr: float = 0.05
@@ -74,7 +75,7 @@ PRESETS: dict[str, dict] = {
     # minutes on a 2-core laptop CPU: a real run on the demo data
     "cpu": dict(image_size=64, epochs=40, pseudo_epochs=40, seg_epochs=30, batch_size=64),
     # a Colab T4 / Kaggle P100 or T4: the full run on the real data
-    "gpu": dict(image_size=160, small_stem=False, epochs=120, pseudo_epochs=120, seg_epochs=80,
+    "gpu": dict(image_size=160, epochs=120, pseudo_epochs=120, seg_epochs=80,
                 batch_size=128, lr=0.1, ema_decay=0.999),
 }
 

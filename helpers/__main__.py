@@ -1,0 +1,41 @@
+"""Command line: `python -m helpers run ...` (the whole job, headless) and `python -m helpers summary`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m helpers`."""
+    parser = argparse.ArgumentParser(prog="python -m helpers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the notebooks 00 -> 04 headless and print a summary")
+    run.add_argument("--preset", default=None, choices=["smoke", "cpu", "gpu"],
+                     help="default: $IMSUB_PRESET, else gpu with CUDA and cpu without")
+    run.add_argument("--data-root", default=None, help="dataset in the challenge layout (default: found, else demo)")
+    run.add_argument("--out", default=None, help="folder for runs/, cache/, submission/ (default: the repository)")
+    run.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 03,04")
+    summary = sub.add_parser("summary", help="print the summary of a finished run")
+    summary.add_argument("--run-dir", default=None, help="default: runs/<preset> of the current config")
+    args = parser.parse_args(argv)
+
+    from . import runner
+
+    if args.command == "run":
+        import torch
+
+        preset = args.preset or __import__("os").environ.get("IMSUB_PRESET") or (
+            "gpu" if torch.cuda.is_available() else "cpu")
+        result = runner.run(preset, args.data_root, args.out, args.only.split(",") if args.only else None)
+        print(runner.format_summary(result))
+        return 0
+    if args.command == "summary":
+        from .config import get_config
+
+        runner.print_summary(args.run_dir or get_config(prepare_data=False).run_dir)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

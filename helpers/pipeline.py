@@ -1,0 +1,134 @@
+"""The steps of a run, shared by the notebooks and `python -m helpers run`: data, models, choices."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .cache import CachedImages, load_cached
+from .checkpoints import load_checkpoint
+from .config import Config
+from .data import DatasetIndex, Sample, load_index, split_labeled
+from .models import build_classifier, classifier_from_spec, load_encoder_weights, model_spec
+
+BASELINE_RUN = "classifier_baseline"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class RunData:
+    """The index plus the decoded caches of every split a run uses (labeled splits carry masks)."""
+
+    index: DatasetIndex
+    train: CachedImages
+    val: CachedImages
+    unlabeled: CachedImages | None = None
+    test: CachedImages | None = None
+
+    def summary(self) -> str:
+        """Counts per split."""
+        parts = [f"train {len(self.train)}", f"val {len(self.val)}"]
+        if self.unlabeled is not None:
+            parts.append(f"unlabeled {len(self.unlabeled)}")
+        if self.test is not None:
+            parts.append(f"test {len(self.test)}")
+        return ", ".join(parts) + f" images at {self.train.images.shape[-1]} px, {self.index.num_classes} classes"
+
+
+def dataset_cache_dir(cfg: Config) -> Path:
+    """One cache folder per dataset, so the demo and the real data never evict each other."""
+    root = Path(cfg.data_root).resolve()
+    tag = hashlib.sha1(str(root).encode()).hexdigest()[:8]
+    return Path(cfg.cache_dir) / f"{root.parent.name or 'data'}-{tag}"
+
+
+def load_run_data(cfg: Config, *, unlabeled: bool = True, test: bool = False, progress: bool = True,
+                  index: DatasetIndex | None = None) -> RunData:
+    """Index the data, split the labeled images by seed, and load (building once) the decoded caches."""
+    index = index or load_index(cfg.data_root)
+    folder = dataset_cache_dir(cfg)
+    size, k = cfg.image_size, index.num_classes
+    labeled = load_cached(index.labeled, size, folder, "labeled", k, with_masks=True, progress=progress)
+    train_samples, val_samples = split_labeled(index.labeled, cfg.val_per_class, cfg.seed)
+    position = {key: i for i, key in enumerate(labeled.keys)}
+    data = RunData(index=index, train=labeled.subset([position[s.key] for s in train_samples]),
+                   val=labeled.subset([position[s.key] for s in val_samples]))
+    if unlabeled and index.unlabeled:
+        data.unlabeled = load_cached(index.unlabeled, size, folder, "unlabeled", k, progress=progress,
+                                     skip_broken=True)
+        if data.unlabeled.skipped:
+            print(f"skipped {len(data.unlabeled.skipped)} unreadable unlabeled files")
+    if test and index.test:
+        data.test = load_cached(index.test, size, folder, "test", k, progress=progress)
+    return data
+
+
+def val_samples(cfg: Config, index: DatasetIndex) -> list[Sample]:
+    """The validation samples of this config's split (to score masks at their original size)."""
+    return split_labeled(index.labeled, cfg.val_per_class, cfg.seed)[1]
+
+
+def new_classifier(cfg: Config, index: DatasetIndex) -> nn.Module:
+    """A fresh classifier for this config and data, its spec attached (optionally with local weights)."""
+    model = build_classifier(cfg.arch, index.num_classes, small_stem=cfg.small_stem)
+    model.spec = model_spec(cfg.arch, index.num_classes, cfg.small_stem, cfg.image_size, index.class_names)
+    if cfg.encoder_weights:
+        report = load_encoder_weights(model, cfg.encoder_weights)
+        print(f"loaded {report.loaded} tensors from {cfg.encoder_weights}")
+    return model
+
+
+def checkpoint_path(cfg: Config, run_name: str) -> Path:
+    """Where `fit(..., run_name=...)` keeps this run's checkpoint."""
+    return Path(cfg.run_dir) / f"{run_name}.pt"
+
+
+def load_classifier(cfg: Config, run_name: str, num_classes: int | None = None) -> nn.Module:
+    """Rebuild a classifier from its checkpoint (best weights), in eval mode on cfg.device."""
+    ckpt = load_checkpoint(checkpoint_path(cfg, run_name), num_classes=num_classes)
+    model = classifier_from_spec(ckpt["model_spec"])
+    model.load_state_dict(ckpt["model"])
+    model.spec = dict(ckpt["model_spec"])
+    return model.to(cfg.device).eval()
+
+
+def truth_labels(cfg: Config, keys: list[str], split: str = "unlabeled") -> torch.Tensor | None:
+    """True classes of unlabeled or test images, known only for the demo data (None otherwise)."""
+    if cfg.truth_root is None:
+        return None
+    path = Path(cfg.truth_root) / ("unlabeled.json" if split == "unlabeled" else "test/classification.json")
+    if not path.is_file():
+        return None
+    by_stem = {Path(e["image"]).stem: int(e["class_id"]) for e in json.loads(path.read_text())}
+    missing = [k for k in keys if k not in by_stem]
+    if missing:
+        raise ValueError(f"{path}: no truth for {len(missing)} images, e.g. {missing[:3]}; regenerate the demo")
+    return torch.tensor([by_stem[k] for k in keys])
+
+
+def record(cfg: Config, **values) -> dict:
+    """Merge decisions and results (which classifier won, scores) into run_dir/summary.json, atomically."""
+    path = Path(cfg.run_dir) / SUMMARY_FILE
+    current = load_record(cfg)
+    current.update(values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(current, indent=2))
+    os.replace(tmp, path)
+    return current
+
+
+def load_record(cfg: Config) -> dict:
+    """What `record` has stored so far for this run ({} before anything)."""
+    path = Path(cfg.run_dir) / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def chosen_classifier(cfg: Config) -> str:
+    """The classifier run the earlier notebooks chose (the baseline if 02 has not run)."""
+    return load_record(cfg).get("classifier", BASELINE_RUN)

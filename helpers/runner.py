@@ -1,0 +1,141 @@
+"""Headless runs: execute the numbered notebooks in order, as a student would, and summarise.
+
+`python -m helpers run` and `make run` use this. Each notebook runs in a fresh kernel with the
+run's settings passed as IMSUB_* environment variables, so the headless job performs exactly the
+notebooks' steps with the same helpers functions. Training resumes from its checkpoints, so an
+interrupted run picks up where it stopped when started again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .config import ENV_PREFIX, project_root
+
+
+def notebooks_dir() -> Path:
+    """The repository's notebooks/ folder (the job runs the notebooks themselves)."""
+    folder = project_root() / "notebooks"
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{folder} not found: run from a clone of the repository (or set IMSUB_ROOT to it)")
+    return folder
+
+
+def list_notebooks(only: list[str] | None = None) -> list[Path]:
+    """The numbered notebooks in order, optionally only those whose number or name is in `only`."""
+    found = sorted(notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        found = [nb for nb in found if nb.stem[:2] in only or nb.stem in only]
+    if not found:
+        raise FileNotFoundError(f"no notebooks matching {only or 'NN_*.ipynb'} in {notebooks_dir()}")
+    return found
+
+
+@contextmanager
+def _environment(values: dict[str, str]):
+    """Temporarily set environment variables (the kernels inherit them)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_settings(preset: str, data_root: str | None = None, out: str | None = None) -> dict[str, str]:
+    """The IMSUB_* variables of a run: preset, data root and, with `out`, every output folder under it."""
+    values = {ENV_PREFIX + "PRESET": preset}
+    if data_root:
+        values[ENV_PREFIX + "DATA_ROOT"] = str(Path(data_root).expanduser().resolve())
+    if out:
+        out_dir = Path(out).expanduser().resolve()
+        values.update({ENV_PREFIX + "RUN_DIR": str(out_dir / "runs" / preset),
+                       ENV_PREFIX + "CACHE_DIR": str(out_dir / "cache"),
+                       ENV_PREFIX + "SUBMISSION_DIR": str(out_dir / "submission")})
+    return values
+
+
+def execute_notebook(path: Path, executed_dir: Path, timeout: int | None = None) -> float:
+    """Run one notebook in a fresh kernel; save the executed copy; return its wall time in seconds."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    target = executed_dir / path.name
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    try:
+        client.execute()
+    finally:
+        tmp = target.with_name(target.name + ".tmp")
+        nbformat.write(nb, tmp)  # the executed copy, errors included, for a look afterwards
+        os.replace(tmp, target)
+    return time.perf_counter() - start
+
+
+def run(preset: str, data_root: str | None = None, out: str | None = None,
+        only: list[str] | None = None) -> dict:
+    """Execute the notebooks for a preset/data/output, then return the run's summary with stage times."""
+    from .config import get_config
+    from .pipeline import load_record, record
+
+    settings = run_settings(preset, data_root, out)
+    notebooks = list_notebooks(only)
+    with _environment(settings):
+        cfg = get_config()  # resolves the data (generating the demo once) before the kernels start
+        executed = (Path(out).expanduser().resolve() if out else project_root() / "build") / "notebooks"
+        print(f"preset {cfg.preset}, data {cfg.data_root} ({cfg.data_source}), checkpoints {cfg.run_dir}")
+        times = dict(load_record(cfg).get("stage_seconds", {}))
+        for nb in notebooks:
+            print(f"== {nb.name}", flush=True)
+            try:
+                times[nb.stem] = round(execute_notebook(nb, executed), 1)
+            except Exception as exc:
+                raise RuntimeError(f"{nb.name} failed: {str(exc)[-2000:]}\nThe executed copy with the "
+                                   f"error is {executed / nb.name}") from None
+            print(f"   done in {times[nb.stem]:.0f} s", flush=True)
+            record(cfg, stage_seconds=times)
+        return load_record(cfg)
+
+
+def format_summary(summary: dict) -> str:
+    """The one-screen summary of a run: choices, validation and test scores, stage times."""
+    lines = ["", "=" * 60, "Run summary", "=" * 60]
+    labels = [("baseline_val_acc", "baseline classifier, validation accuracy"),
+              ("pseudo_val_acc", "after pseudo-labeling, validation accuracy"),
+              ("pseudo_precision", "pseudo-label precision (demo truth)"),
+              ("pseudo_coverage", "pseudo-label coverage"),
+              ("classifier", "chosen classifier"),
+              ("segmenter", "chosen segmenter"), ("mask_method", "mask method"),
+              ("val_miou", "validation mIoU"),
+              ("test_accuracy", "TEST accuracy (demo truth)"), ("test_miou", "TEST mIoU (demo truth)"),
+              ("submission", "submission"), ("write_seconds", "predict + write test submission (s)")]
+    for key, label in labels:
+        if key in summary:
+            value = summary[key]
+            lines.append(f"{label:<44} {value:.3f}" if isinstance(value, float) else f"{label:<44} {value}")
+    stages = summary.get("stage_seconds", {})
+    if stages:
+        lines.append("-" * 60)
+        for name, seconds in stages.items():
+            lines.append(f"{name:<44} {seconds:7.0f} s")
+        lines.append(f"{'total':<44} {sum(stages.values()):7.0f} s")
+    return "\n".join(lines)
+
+
+def print_summary(run_dir: str | os.PathLike) -> None:
+    """Print the summary stored in a run folder."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `python -m helpers run` first")
+    print(format_summary(json.loads(path.read_text())))
