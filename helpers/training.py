@@ -587,6 +587,7 @@ def fit_task(
         bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, desc=run_name, unit="step",
                    disable=not progress, dynamic_ncols=True)
         try:
+            last_save = time.perf_counter()
             for epoch in range(start_epoch, epochs):
                 record, step, stats, seen = _train_epoch(
                     model, optimizer, scaler, ema, task, device, amp, channels_last, float(cfg.grad_clip),
@@ -606,6 +607,12 @@ def fit_task(
                     best = {"value": value, "tie": tie, "epoch": epoch + 1, "state": _cpu_state(eval_model)}
                 bar.set_postfix(ep=f"{epoch + 1}/{epochs}", **task.postfix(stats, seen),
                                 val=f"{value:.3f}", refresh=True)
+                # Every epoch by default; cfg.checkpoint_seconds > 0 saves at most that often (and
+                # always after the last epoch), for runs whose epochs take less time than the save.
+                due = time.perf_counter() - last_save >= cfg.checkpoint_seconds or epoch + 1 == epochs
+                if not due:
+                    continue
+                last_save = time.perf_counter()
                 save_checkpoint(path, {
                     "format": CHECKPOINT_FORMAT, "run_name": run_name, "model_spec": spec,
                     "settings": settings, "epoch": epoch + 1, "epochs": epochs, "history": history,

@@ -71,3 +71,10 @@ def test_project_root_found_from_a_subfolder(monkeypatch):
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(repo / "notebooks")
     assert project_root() == repo
+
+
+def test_an_explicit_demo_dataset_keeps_its_truth(tmp_path):
+    root = make_dataset(tmp_path / "demo" / "ImageNet-Subset")
+    assert get_config("smoke", data_root=root).truth_root is None
+    (tmp_path / "demo" / "demo_info.json").write_text("{}")
+    assert get_config("smoke", data_root=root).truth_root == root.resolve().parent / "truth"

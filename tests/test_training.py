@@ -238,3 +238,14 @@ def test_fixmatch_branch_logs_mask_rate(tmp_path):
     for h in none.history:
         assert h["mask_rate"] == 0.0 and h["unlabeled_loss"] == 0.0
         assert math.isnan(h["pseudo_acc"])
+
+
+def test_checkpoint_seconds_throttles_saves_but_keeps_the_last_epoch(tmp_path, monkeypatch):
+    saved = []
+    real_save = training.save_checkpoint
+    monkeypatch.setattr(training, "save_checkpoint", lambda path, payload: saved.append(payload["epoch"]) or real_save(path, payload))
+    fit(_tiny(), _data(), _data(16, seed=1), _cfg(tmp_path, epochs=3, checkpoint_seconds=1e9), run_name="slow", progress=False)
+    assert saved == [3]
+    saved.clear()
+    fit(_tiny(), _data(), _data(16, seed=1), _cfg(tmp_path, epochs=3), run_name="every", progress=False)
+    assert saved == [1, 2, 3]
