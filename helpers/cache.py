@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .checkpoints import save_checkpoint
 from .images import load_image_with_size
 from .masks import IGNORE_INDEX, ids_to_index, read_mask
 
@@ -265,17 +266,6 @@ def _read(path: Path, fp: str, size: int, with_masks: bool) -> tuple[CachedImage
         return None, f"cache file is unreadable ({type(e).__name__}: {e})"
 
 
-def _save(payload: dict, path: Path) -> None:
-    """torch.save to `<file>.tmp` in the same folder, then atomically replace `path`."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def load_cached(samples: Sequence[Any], size: int, cache_dir: str | os.PathLike, name: str,
                 num_classes: int, with_masks: bool = False, progress: bool = True,
                 skip_broken: bool = False, workers: int | None = None) -> CachedImages:
@@ -308,5 +298,5 @@ def load_cached(samples: Sequence[Any], size: int, cache_dir: str | os.PathLike,
         print(f"skipped {len(payload['skipped'])} unreadable files: {shown}{more}")
     payload.update(version=CACHE_VERSION, fingerprint=fp, size=size, num_classes=int(num_classes))
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save(payload, path)
+    save_checkpoint(path, payload)
     return _from_payload(payload)
