@@ -188,6 +188,7 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path):
 def test_classes_are_distinct_and_bounded():
     specs = [demo.class_spec(k) for k in range(demo.MAX_CLASSES)]
     assert len(set(specs)) == demo.MAX_CLASSES >= 50
+    assert len({shape for shape, _ in specs[:10]}) == 10  # the default 10 classes: one shape each
     assert len(set(demo.demo_class_names(50))) == 50 and demo.demo_wnids(50) == sorted(demo.demo_wnids(50))
     with pytest.raises(ValueError, match="num_classes"):
         demo.generate_demo(Path("unused"), num_classes=demo.MAX_CLASSES + 1, progress=False)
