@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .fileops import pid_alive
 from .masks import IGNORE_ID, class_to_id, write_mask
 
 DEMO_VERSION = 3
@@ -493,24 +494,11 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this id is running (on this machine)."""
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
 def _remove_stale_partials(out_dir: Path) -> None:
     """Delete leftovers of interrupted runs (their process is gone)."""
     for p in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
         pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from helpers.fileops import pid_alive
 from helpers.images import IMAGE_EXTENSIONS, image_size
 from helpers.masks import IGNORE_ID, MAX_ID, rgb_to_ids, write_mask
 
@@ -267,21 +268,11 @@ def _write_zip(folder: Path, zip_name: str) -> Path:
     return zip_path
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
 def _recover(folder: Path) -> None:
     """Undo what a writer killed mid-swap left: restore `.name.old-*`, drop dead `.name.tmp-*`."""
     for sibling in folder.parent.glob(f".{folder.name}.tmp-*"):
         pid = sibling.name.rsplit("-", 1)[-1]
-        if sibling.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+        if sibling.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(sibling, ignore_errors=True)
     olds = sorted((p for p in folder.parent.glob(f".{folder.name}.old-*") if p.is_dir()),
                   key=lambda p: p.stat().st_mtime)
