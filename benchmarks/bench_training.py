@@ -1,7 +1,8 @@
 """Training throughput: the on-device cache engine (helpers.training.fit) vs a conventional JPEG pipeline.
 
-Both train the preset's model (resnet18, small stem at the cpu preset's 64 px, batch 64, SGD) for
-the same epochs over the same JPEG files:
+Both train the preset's model (at the cpu preset: resnet18 at 64 px, batch 32, AdamW) for the same
+epochs over the same JPEG files, in the same precision and memory format (helpers.hardware: bf16
+autocast + channels_last on CPUs with native bf16, `--fp32` turns both off):
 
   fast:          decode once into the uint8 cache (timed separately), then fit(): batches indexed
                  from the cache on the device, batched augmentation on the device, no DataLoader
@@ -10,10 +11,12 @@ the same epochs over the same JPEG files:
 
 Images/s of the best epoch of each (least disturbed by other load) is printed, with the ratio and the share of step time spent
 outside forward/backward/optimizer; then the data pipelines alone (no model), which bound what a
-fast GPU can be fed. Files: data/demo/ImageNet-Subset if present, else N synthetic
-~400x300 JPEGs in a temporary folder.
+fast GPU can be fed. Files: N synthetic JPEGs of the real data's typical size (about 500x375,
+CHALLENGE.md) written to a temporary folder, or the images of `--data-root` (the demo's images are
+smaller, 160x120 to 400x320, so they flatter the conventional pipeline).
 
-    python benchmarks/bench_training.py --preset cpu --epochs 2 --images 512
+    python benchmarks/bench_training.py --preset cpu --epochs 3 --images 512
+    python benchmarks/bench_training.py --preset cpu --epochs 3 --data-root data/demo/ImageNet-Subset
 """
 from __future__ import annotations
 
@@ -34,18 +37,19 @@ sys.path.insert(0, str(ROOT))
 from helpers.cache import load_cached  # noqa: E402
 from helpers.config import get_config, seed_everything  # noqa: E402
 from helpers.data import Sample, load_index  # noqa: E402
+from helpers.hardware import amp_dtype, autocast, describe, use_channels_last  # noqa: E402
 from helpers.images import load_image  # noqa: E402
 from helpers.models import build_classifier, model_spec  # noqa: E402
 from helpers.training import build_optimizer, fit  # noqa: E402
 
 
 def synthetic_jpegs(folder: Path, n: int, num_classes: int, seed: int = 0) -> list[Sample]:
-    """Write n random ~400x300 JPEGs (smooth colour blobs + noise, class = dominant tint)."""
+    """Write n random ~500x375 JPEGs (smooth colour blobs + noise, class = dominant tint)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     samples = []
     for i in range(n):
-        w, h = int(rng.integers(360, 440)), int(rng.integers(270, 330))
+        w, h = int(rng.integers(450, 551)), int(rng.integers(335, 416))
         label = i % num_classes
         coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
         img = Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC)
@@ -93,6 +97,9 @@ def conventional(samples: list[Sample], cfg, num_classes: int, epochs: int, work
     """Train with DataLoader + PIL decoding each epoch; per-epoch images/s and data share."""
     device = torch.device(cfg.device)
     model = build_classifier(cfg.arch, num_classes, cfg.small_stem).to(device)
+    dtype, channels_last = amp_dtype(cfg, device), use_channels_last(cfg, device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     loader = torch.utils.data.DataLoader(
         JpegDataset(samples, cfg.image_size), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
@@ -105,9 +112,12 @@ def conventional(samples: list[Sample], cfg, num_classes: int, epochs: int, work
         t0 = time.perf_counter()
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             t1 = time.perf_counter()
             data_time += t1 - t0
-            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+            with autocast(device, dtype):
+                loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -163,28 +173,35 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="", help="default: the preset's (cuda if available)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads of the main process (0: default)")
     ap.add_argument("--classes", type=int, default=10, help="classes of the synthetic data")
+    ap.add_argument("--data-root", default="", help="an ImageNet-Subset folder (default: synthetic ~500x375 JPEGs)")
+    ap.add_argument("--fp32", action="store_true", help="no mixed precision, no channels_last")
     args = ap.parse_args(argv)
 
     overrides = {"device": args.device} if args.device else {}
+    if args.fp32:
+        overrides.update(amp=False, channels_last=False)
     if args.threads:
         overrides["num_threads"] = args.threads
     cfg = get_config(args.preset, prepare_data=False, **overrides)
     seed_everything(cfg.seed)
-    demo = ROOT / "data" / "demo" / "ImageNet-Subset"
+    demo = Path(args.data_root) if args.data_root else None
+    if demo is not None and not demo.is_dir():
+        ap.error(f"--data-root {demo} is not a folder: give an ImageNet-Subset folder, e.g. "
+                 f"data/demo/ImageNet-Subset (`python -m helpers.demo` writes it)")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if demo.is_dir():
+        if demo is not None:
             samples, num_classes = demo_samples(demo, args.images)
-            source = f"demo data {demo}"
+            source = str(demo)
         else:
             t = time.perf_counter()
             num_classes = args.classes
             samples = synthetic_jpegs(tmp / "jpegs", args.images, num_classes)
-            source = f"{len(samples)} synthetic JPEGs (~400x300, written in {time.perf_counter() - t:.1f} s)"
+            source = f"synthetic JPEGs (~500x375, written in {time.perf_counter() - t:.1f} s)"
         cfg.run_dir = tmp / "runs"
         batch = min(cfg.batch_size, len(samples))
         cfg.batch_size = batch
-        print(f"device {cfg.device}, torch threads {torch.get_num_threads()}, {len(samples)} images from {source}")
+        print(f"{describe(cfg)}; {len(samples)} images from {source}")
         print(f"model {cfg.arch} small_stem={cfg.small_stem} at {cfg.image_size} px, batch {batch}, "
               f"{args.epochs} epochs, optimizer {cfg.optimizer}")
 
@@ -211,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     conv_best = max(conv, key=lambda h: h["images_per_s"])
     fast_ips, conv_ips = fast_best["images_per_s"], conv_best["images_per_s"]
     summary = {
-        "images": len(samples), "device": cfg.device, "decode_once_s": decode_s,
+        "images": len(samples), "device": cfg.device, "hardware": describe(cfg), "decode_once_s": decode_s,
         "fast_images_per_s": fast_ips, "fast_data_share": fast_best["data_share"],
         "conventional_images_per_s": conv_ips, "conventional_data_share": conv_best["data_share"],
         "ratio": fast_ips / conv_ips,

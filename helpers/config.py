@@ -54,8 +54,8 @@ class Config:
     seed: int = 0
     checkpoint_seconds: float = 0.0  # 0: checkpoint after every epoch; > 0: at most that often (+ last epoch)
     device: str = ""  # "" picks cuda, then mps, then cpu
-    amp: bool = True  # mixed precision, used on CUDA only
-    channels_last: bool = True  # used on CUDA only
+    amp: bool = True  # mixed precision where the hardware has it natively (see helpers.hardware)
+    channels_last: bool = True  # channels_last memory format on CUDA and CPU
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
     cache_dir: Path | None = None
     run_dir: Path | None = None  # checkpoints and logs of this preset

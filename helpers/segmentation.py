@@ -43,8 +43,8 @@ from .masks import IGNORE_INDEX, index_to_ids, read_mask
 from .metrics import SegmentationScore, segmentation_counts
 from .models import (DEFAULT_DECODER_CHANNELS, UNet, load_encoder, load_encoder_weights, model_spec,
                      segmentation_loss, unet_from_spec)
-from .training import (FitResult, TrainTask, _amp_dtype, _autocast, _device, _use_channels_last,
-                       fit_task)
+from .hardware import amp_dtype, autocast, device_of, use_channels_last
+from .training import FitResult, TrainTask, fit_task
 
 KIND = "unet"  # model_spec["kind"] of a segmenter; classifiers' specs have no "kind"
 METHODS = ("pixel", "fg+class", "fusion")
@@ -275,9 +275,9 @@ def _image_tensor(images: CachedImages | Tensor, what: str) -> Tensor:
 def _iter_probs(model: nn.Module, images: Tensor, cfg: Config, tta: bool, batch_size: int | None,
                 progress: bool | None, desc: str) -> Iterator[tuple[int, Tensor, Tensor]]:
     """(start, fg prob [b,h,w], class probs [b,K,h,w]) per batch, float32 on the device, at the model's size."""
-    device = _device(cfg)
-    amp = _amp_dtype(cfg, device)
-    channels_last = _use_channels_last(cfg, device)
+    device = device_of(cfg)
+    amp = amp_dtype(cfg, device)
+    channels_last = use_channels_last(cfg, device)
     batch_size = batch_size or max(1, int(cfg.batch_size))
     n = images.shape[0]
     show = progress if progress is not None else n >= _PROGRESS_MIN_IMAGES
@@ -286,7 +286,7 @@ def _iter_probs(model: nn.Module, images: Tensor, cfg: Config, tta: bool, batch_
     try:
         for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False, disable=not show):
             x = _inputs(images[start:start + batch_size], cfg, device, channels_last, tta)
-            with torch.no_grad(), _autocast(device, amp):
+            with torch.no_grad(), autocast(device, amp):
                 out = model(x)
             fg = torch.sigmoid(out["fg"][:, 0].float())
             cls = out["seg"].float().softmax(dim=1)
@@ -342,9 +342,9 @@ def validate_segmenter(model: nn.Module, data: CachedImages, cfg: Config, *, bat
     if data.masks is None:
         raise ValueError("validate_segmenter: the images carry no masks")
     num_classes = _num_classes(model)
-    device = _device(cfg)
-    amp = _amp_dtype(cfg, device)
-    channels_last = _use_channels_last(cfg, device)
+    device = device_of(cfg)
+    amp = amp_dtype(cfg, device)
+    channels_last = use_channels_last(cfg, device)
     batch_size = batch_size or max(1, int(cfg.batch_size))
     size = data.size
     score = SegmentationScore(num_classes)
@@ -355,7 +355,7 @@ def validate_segmenter(model: nn.Module, data: CachedImages, cfg: Config, *, bat
         for start in range(0, len(data), batch_size):
             x = _inputs(data.images[start:start + batch_size], cfg, device, channels_last, tta=False)
             target = data.masks[start:start + batch_size].to(device, non_blocking=True)
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 out = model(x)
             out = {k: _resize_maps(v.float(), size) for k, v in out.items()}
             loss_sum += float(segmentation_loss(out, target, fg_weight, dice_weight)) * x.shape[0]

@@ -2,7 +2,8 @@
 
 Batches are indexed straight out of the uint8 cache, which is moved to the training device once;
 augmentation (helpers.augment) runs batched on that device. There is no DataLoader and no decoding
-after the cache is built. On CUDA, mixed precision and channels_last are used when the config asks.
+after the cache is built. Mixed precision and channels_last follow helpers.hardware (CUDA, and bf16
+on CPUs that have it).
 
 Conventions:
 - The model's description (helpers.models.model_spec) is taken from `fit(..., spec=...)`, else from
@@ -23,7 +24,6 @@ import hashlib
 import math
 import time
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from .augment import center_resize, normalize, strong_augment, weak_augment
 from .cache import CachedImages
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import Config
+from .hardware import amp_dtype, autocast, device_of, needs_grad_scaler, use_channels_last
 
 CHECKPOINT_FORMAT = "helpers.training/1"
 _PROGRESS_MIN_IMAGES = 2048  # predict_proba shows a bar from this many images on
@@ -112,26 +113,6 @@ class FitResult:
 
 
 # ----------------------------------------------------------------------------- small helpers
-def _device(cfg: Config) -> torch.device:
-    return torch.device(cfg.device or "cpu")
-
-
-def _amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """bf16 on Ampere+ GPUs, fp16 (with a GradScaler) on older ones, None (fp32) elsewhere."""
-    if device.type != "cuda" or not cfg.amp:
-        return None
-    major, _ = torch.cuda.get_device_capability(device)
-    return torch.bfloat16 if major >= 8 else torch.float16
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device_type="cuda", dtype=dtype) if dtype is not None else nullcontext()
-
-
-def _use_channels_last(cfg: Config, device: torch.device) -> bool:
-    return device.type == "cuda" and bool(cfg.channels_last)
-
-
 def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
     """A detached CPU copy of a model's state_dict."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -202,9 +183,9 @@ def predict_proba(
     if not isinstance(data, Tensor) or data.ndim != 4 or data.shape[1] != 3:
         raise ValueError(f"predict_proba: expected CachedImages or a [N,3,H,W] tensor, got "
                          f"{tuple(data.shape) if isinstance(data, Tensor) else type(data).__name__}")
-    device = _device(cfg)
-    amp = _amp_dtype(cfg, device)
-    channels_last = _use_channels_last(cfg, device)
+    device = device_of(cfg)
+    amp = amp_dtype(cfg, device)
+    channels_last = use_channels_last(cfg, device)
     batch_size = batch_size or max(1, 2 * cfg.batch_size)
     was_training = model.training
     model.eval()
@@ -220,7 +201,7 @@ def predict_proba(
                 x = torch.cat([x, x.flip(3)])
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 logits = model(x)
             probs = logits.float().softmax(dim=1)
             if tta:
@@ -529,14 +510,14 @@ def fit_task(
     grad clipping, EMA and seed come from cfg. See `TrainTask` for what the task supplies.
     """
     epochs = int(epochs)
-    device = _device(cfg)
+    device = device_of(cfg)
     spec = _spec_of(model, spec)
     base_lr = float(cfg.lr if lr is None else lr)
     settings = task.settings()
     path = Path(cfg.run_dir) / f"{run_name}.pt"
 
-    amp = _amp_dtype(cfg, device)
-    channels_last = _use_channels_last(cfg, device)
+    amp = amp_dtype(cfg, device)
+    channels_last = use_channels_last(cfg, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model.to(device)
@@ -544,7 +525,7 @@ def fit_task(
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg, lr=base_lr)
     scaler = torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu",
-                                  enabled=amp == torch.float16)
+                                  enabled=needs_grad_scaler(amp))
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     generator = torch.Generator().manual_seed(int(cfg.seed))
 
@@ -664,7 +645,7 @@ def _train_epoch(model, optimizer, scaler, ema, task, device, amp, channels_last
         lr = lr_at(step, total_steps, warmup_steps, base_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with _autocast(device, amp):
+        with autocast(device, amp):
             loss, stats = task.step_loss(model, data, channels_last)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
