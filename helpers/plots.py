@@ -117,14 +117,18 @@ def browse(samples: Sequence, class_names: Sequence[str], predictions: dict | No
     """An ipywidgets browser: page through samples with their masks (and predictions, if given).
 
     `predictions` maps a sample key to (class_id, index_mask) as produced by the later notebooks.
+    Returns the displayed VBox(slider, picture). Each page is drawn to a PNG shown in an Image widget (no Output widget: capturing plots in one
+    makes headless runners such as nbclient hang now and then).
     """
+    import io
+
     import ipywidgets as widgets
     from IPython.display import display
 
     from .images import load_image
 
     num_classes = len(class_names)
-    out = widgets.Output()
+    picture = widgets.Image(format="png")
     slider = widgets.IntSlider(min=0, max=max(len(samples) - 1, 0), description="image")
 
     def render(i: int) -> None:
@@ -138,17 +142,19 @@ def browse(samples: Sequence, class_names: Sequence[str], predictions: dict | No
             label, mask = predictions[s.key]
             panels.append(overlay(image, mask, num_classes))
             titles.append(f"predicted: {class_names[label]}")
-        with out:
-            out.clear_output(wait=True)
-            fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
-            for ax, panel, title in zip(axes[0], panels, titles):
-                ax.imshow(panel)
-                ax.set_title(title, fontsize=9)
-                ax.axis("off")
-            plt.show()
+        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+        for ax, panel, title in zip(axes[0], panels, titles):
+            ax.imshow(panel)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+        plt.close(fig)
+        picture.value = buffer.getvalue()
 
     slider.observe(lambda change: render(change["new"]), names="value")
     if samples:
         render(0)
-    display(widgets.VBox([slider, out]))
-    return slider
+    box = widgets.VBox([slider, picture])
+    display(box)
+    return box

@@ -1,0 +1,29 @@
+"""Tests for helpers.plots: the widget browser draws each page into its Image widget."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+
+from helpers import plots  # noqa: E402
+from helpers.data import load_index  # noqa: E402
+
+from .test_data import make_dataset  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_browse_draws_a_page_per_slider_position(tmp_path):
+    index = load_index(make_dataset(tmp_path / "ds"))
+    mask = np.zeros((10, 20), dtype=np.int64)
+    predictions = {index.labeled[1].key: (0, mask)}
+    slider, picture = plots.browse(index.labeled, index.class_names, predictions).children
+    assert slider.max == len(index.labeled) - 1
+    first = bytes(picture.value)
+    assert first.startswith(PNG_MAGIC)
+    slider.value = 1  # the page with a prediction: three panels, a wider picture
+    second = bytes(picture.value)
+    assert second.startswith(PNG_MAGIC) and second != first
+    assert len(matplotlib.pyplot.get_fignums()) == 0, "browse must close the figures it draws"
