@@ -1,8 +1,8 @@
 """Training throughput: the on-device cache engine (helpers.training.fit) vs a conventional JPEG pipeline.
 
 Both train the preset's model (at the cpu preset: resnet18 at 64 px, batch 32, AdamW) for the same
-epochs over the same JPEG files, in the same precision and memory format (helpers.hardware: bf16
-autocast + channels_last on CPUs with native bf16, `--fp32` turns both off):
+epochs over the same JPEG files, in the same precision and memory format (helpers.hardware: fp32 on
+the CPU; `--bf16` for bf16 autocast + channels_last on CPUs with bf16 instructions):
 
   fast:          decode once into the uint8 cache (timed separately), then fit(): batches indexed
                  from the cache on the device, batched augmentation on the device, no DataLoader
@@ -174,12 +174,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads of the main process (0: default)")
     ap.add_argument("--classes", type=int, default=10, help="classes of the synthetic data")
     ap.add_argument("--data-root", default="", help="an ImageNet-Subset folder (default: synthetic ~500x375 JPEGs)")
-    ap.add_argument("--fp32", action="store_true", help="no mixed precision, no channels_last")
+    ap.add_argument("--bf16", action="store_true", help="cfg.cpu_bf16: bf16 autocast + channels_last on the CPU")
     args = ap.parse_args(argv)
 
     overrides = {"device": args.device} if args.device else {}
-    if args.fp32:
-        overrides.update(amp=False, channels_last=False)
+    if args.bf16:
+        overrides["cpu_bf16"] = True
     if args.threads:
         overrides["num_threads"] = args.threads
     cfg = get_config(args.preset, prepare_data=False, **overrides)

@@ -1,11 +1,12 @@
 """How a model runs on the hardware at hand: the device, the mixed-precision dtype, the memory format.
 
-Mixed precision (`cfg.amp`) is used where the hardware does it natively:
-- CUDA: bf16 on Ampere and newer, fp16 (with a GradScaler, see `needs_grad_scaler`) on older GPUs;
-- CPU: bf16 when the cores have bf16 instructions (AVX512-BF16 or AMX: recent Xeon and EPYC),
-  where oneDNN's bf16 convolutions train ResNets ~1.4x faster than fp32. Elsewhere fp32: emulated
-  bf16 would be slower.
-channels_last (`cfg.channels_last`) is used on CUDA and on the CPU (oneDNN prefers it too).
+- CUDA: mixed precision (`cfg.amp`) in bf16 on Ampere and newer, fp16 with a GradScaler (see
+  `needs_grad_scaler`) on older GPUs; channels_last (`cfg.channels_last`).
+- CPU: fp32 by default. `cfg.cpu_bf16` turns on bf16 autocast + channels_last when the cores have
+  bf16 instructions (AVX512-BF16 or AMX: recent Xeon and EPYC). On this project's 2-core EPYC that
+  made the whole cpu-preset run 1.5x faster but cost 4 to 7 points of demo test accuracy in each of
+  3 seeds (README, "Speed, measured"), so it is opt-in. Without bf16 instructions it stays fp32:
+  emulated bf16 would be slower.
 Weights stay fp32 either way; only the matmuls and convolutions run in the lower precision.
 """
 from __future__ import annotations
@@ -32,12 +33,10 @@ def cpu_has_native_bf16() -> bool:
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for this config on this device, or None for plain fp32."""
-    if not cfg.amp:
-        return None
-    if device.type == "cuda":
+    if device.type == "cuda" and cfg.amp:
         major, _ = torch.cuda.get_device_capability(device)
         return torch.bfloat16 if major >= 8 else torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
+    if device.type == "cpu" and cfg.cpu_bf16 and cpu_has_native_bf16():
         return torch.bfloat16
     return None
 
@@ -56,7 +55,9 @@ def needs_grad_scaler(dtype: torch.dtype | None) -> bool:
 
 def use_channels_last(cfg: Config, device: torch.device) -> bool:
     """Whether to keep activations and weights in channels_last on this device."""
-    return bool(cfg.channels_last) and device.type in ("cuda", "cpu")
+    if device.type == "cuda":
+        return bool(cfg.channels_last)
+    return device.type == "cpu" and amp_dtype(cfg, device) is not None  # oneDNN's bf16 path wants it
 
 
 def describe(cfg: Config) -> str:

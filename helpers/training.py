@@ -2,8 +2,8 @@
 
 Batches are indexed straight out of the uint8 cache, which is moved to the training device once;
 augmentation (helpers.augment) runs batched on that device. There is no DataLoader and no decoding
-after the cache is built. Mixed precision and channels_last follow helpers.hardware (CUDA, and bf16
-on CPUs that have it).
+after the cache is built. Mixed precision and channels_last follow helpers.hardware (on CUDA; on
+the CPU only with cfg.cpu_bf16).
 
 Conventions:
 - The model's description (helpers.models.model_spec) is taken from `fit(..., spec=...)`, else from

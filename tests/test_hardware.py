@@ -12,18 +12,21 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_cpu_uses_bf16_only_where_the_cores_have_it(monkeypatch, native):
+def test_cpu_bf16_is_opt_in_and_needs_the_instructions(monkeypatch, native):
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
-    assert hardware.amp_dtype(Config(amp=True), CPU) == (torch.bfloat16 if native else None)
-    assert hardware.amp_dtype(Config(amp=False), CPU) is None
+    assert hardware.amp_dtype(Config(cpu_bf16=True), CPU) == (torch.bfloat16 if native else None)
+    assert hardware.use_channels_last(Config(cpu_bf16=True), CPU) == native
+    # the default: fp32 and contiguous on any CPU, whatever `amp` and `channels_last` say (they are CUDA's)
+    assert hardware.amp_dtype(Config(amp=True), CPU) is None
+    assert not hardware.use_channels_last(Config(channels_last=True), CPU)
 
 
-def test_mps_and_unknown_devices_stay_in_fp32_and_contiguous():
+def test_mps_stays_in_fp32_and_contiguous(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
     mps = torch.device("mps")
-    assert hardware.amp_dtype(Config(amp=True), mps) is None
-    assert not hardware.use_channels_last(Config(channels_last=True), mps)
-    assert hardware.use_channels_last(Config(channels_last=True), CPU)
-    assert not hardware.use_channels_last(Config(channels_last=False), CPU)
+    cfg = Config(amp=True, channels_last=True, cpu_bf16=True)
+    assert hardware.amp_dtype(cfg, mps) is None
+    assert not hardware.use_channels_last(cfg, mps)
 
 
 def test_only_fp16_needs_a_grad_scaler():
@@ -42,12 +45,23 @@ def test_autocast_runs_convolutions_in_the_chosen_dtype():
 
 def test_device_of_defaults_to_cpu_and_describe_names_the_choice(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
-    cfg = Config(device="", amp=True, channels_last=True)
-    assert hardware.device_of(cfg) == CPU
-    line = hardware.describe(cfg)
-    assert line.startswith("cpu: bf16 mixed precision, channels_last")
-    assert "fp32" in hardware.describe(Config(device="cpu", amp=False))
+    assert hardware.device_of(Config(device="")) == CPU
+    assert hardware.describe(Config(device="cpu")).startswith("cpu: fp32 precision, contiguous")
+    assert hardware.describe(Config(device="cpu", cpu_bf16=True)).startswith("cpu: bf16 mixed precision, channels_last")
 
 
 def test_the_probe_answers_a_bool():
     assert isinstance(hardware.cpu_has_native_bf16(), bool)
+
+
+def test_cpu_bf16_training_step_runs_where_supported():
+    if not hardware.cpu_has_native_bf16():
+        pytest.skip("this CPU has no bf16 instructions")
+    cfg = Config(device="cpu", cpu_bf16=True)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 2)).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    with hardware.autocast(CPU, hardware.amp_dtype(cfg, CPU)):
+        loss = F.cross_entropy(model(x).float(), torch.tensor([0, 1, 0, 1]))
+    loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
