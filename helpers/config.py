@@ -46,7 +46,7 @@ class Config:
     pseudo_epochs: int = 40
     pseudo_threshold: float = 0.8
     pseudo_max_per_class: int = 0  # 0: derived from the unlabeled count (2x the mean share per class)
-    consistency_weight: float = 0.0  # > 0 adds the FixMatch loss on unlabeled batches while retraining
+    consistency_weight: float = 1.0  # weight of the FixMatch loss on unlabeled batches while retraining; 0: off
     # segmentation
     seg_epochs: int = 40
     seg_lr: float = 2e-3
