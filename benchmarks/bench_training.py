@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from helpers.cache import load_cached  # noqa: E402
 from helpers.config import get_config, seed_everything  # noqa: E402
 from helpers.data import Sample, load_index  # noqa: E402
-from helpers.hardware import amp_dtype, autocast, describe, use_channels_last  # noqa: E402
+from helpers.hardware import autocast, describe, resolve, to_layout  # noqa: E402
 from helpers.images import load_image  # noqa: E402
 from helpers.models import build_classifier, model_spec  # noqa: E402
 from helpers.training import build_optimizer, fit  # noqa: E402
@@ -95,9 +95,8 @@ class JpegDataset(torch.utils.data.Dataset):
 
 def conventional(samples: list[Sample], cfg, num_classes: int, epochs: int, workers: int) -> list[dict]:
     """Train with DataLoader + PIL decoding each epoch; per-epoch images/s and data share."""
-    device = torch.device(cfg.device)
+    device, dtype, channels_last = resolve(cfg)
     model = build_classifier(cfg.arch, num_classes, cfg.small_stem).to(device)
-    dtype, channels_last = amp_dtype(cfg, device), use_channels_last(cfg, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
@@ -111,9 +110,7 @@ def conventional(samples: list[Sample], cfg, num_classes: int, epochs: int, work
         t_epoch = time.perf_counter()
         t0 = time.perf_counter()
         for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x, y = to_layout(x.to(device, non_blocking=True), channels_last), y.to(device, non_blocking=True)
             t1 = time.perf_counter()
             data_time += t1 - t0
             with autocast(device, dtype):

@@ -5,7 +5,7 @@
 - CPU: fp32 by default. `cfg.cpu_bf16` turns on bf16 autocast + channels_last when the cores have
   bf16 instructions (AVX512-BF16 or AMX: recent Xeon and EPYC). On this project's 2-core EPYC that
   made the whole cpu-preset run 1.5x faster but cost 4 to 7 points of demo test accuracy in each of
-  3 seeds (README, "Speed, measured"), so it is opt-in. Without bf16 instructions it stays fp32:
+  3 seeds (README, "Quality on the demo data"), so it is opt-in. Without bf16 instructions it stays fp32:
   emulated bf16 would be slower.
 Weights stay fp32 either way; only the matmuls and convolutions run in the lower precision.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
+from torch import Tensor
 
 from .config import Config
 
@@ -60,11 +61,21 @@ def use_channels_last(cfg: Config, device: torch.device) -> bool:
     return device.type == "cpu" and amp_dtype(cfg, device) is not None  # oneDNN's bf16 path wants it
 
 
+def resolve(cfg: Config) -> tuple[torch.device, torch.dtype | None, bool]:
+    """(device, autocast dtype or None, channels_last): what every training and prediction loop asks first."""
+    device = device_of(cfg)
+    return device, amp_dtype(cfg, device), use_channels_last(cfg, device)
+
+
+def to_layout(x: Tensor, channels_last: bool) -> Tensor:
+    """A model input in channels_last memory format when asked, else unchanged."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def describe(cfg: Config) -> str:
     """One line for a notebook: device, precision and memory format this config will use."""
-    device = device_of(cfg)
-    dtype = amp_dtype(cfg, device)
+    device, dtype, channels_last = resolve(cfg)
     precision = {None: "fp32", torch.bfloat16: "bf16 mixed", torch.float16: "fp16 mixed"}[dtype]
-    layout = "channels_last" if use_channels_last(cfg, device) else "contiguous"
+    layout = "channels_last" if channels_last else "contiguous"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     return f"{name}: {precision} precision, {layout}, {torch.get_num_threads()} CPU threads"

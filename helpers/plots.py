@@ -117,8 +117,8 @@ def browse(samples: Sequence, class_names: Sequence[str], predictions: dict | No
     """An ipywidgets browser: page through samples with their masks (and predictions, if given).
 
     `predictions` maps a sample key to (class_id, index_mask) as produced by the later notebooks.
-    Returns the displayed VBox(slider, picture). Each page is drawn to a PNG shown in an Image widget (no Output widget: capturing plots in one
-    makes headless runners such as nbclient hang now and then).
+    Returns the displayed VBox(slider, picture). Each page is drawn to a PNG in an Image widget: an
+    Output widget capturing plt.show() made headless runners (nbclient, nbval) hang now and then.
     """
     import io
 

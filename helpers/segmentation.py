@@ -3,7 +3,7 @@
 Training runs on helpers.training's loop (`fit_task`) with a segmentation task: batches from the
 uint8 cache on the device, one affine warp for each image and its mask (augment.weak_augment),
 helpers.models.segmentation_loss (CE with ignore + fg BCE + fg Dice), cfg.seg_lr with warmup and
-cosine, AMP and channels_last on CUDA, EMA if cfg.ema_decay > 0, the best epoch by validation mIoU,
+cosine, mixed precision and channels_last as helpers.hardware decides, EMA if cfg.ema_decay > 0, the best epoch by validation mIoU,
 a checkpoint every epoch and exact resume. The validation mIoU is measured at the cache
 resolution (argmax of the per-pixel class map); the real score is `evaluate_segmentation`, at the
 original resolution against the original mask files.
@@ -43,7 +43,7 @@ from .masks import IGNORE_INDEX, index_to_ids, read_mask
 from .metrics import SegmentationScore, segmentation_counts
 from .models import (DEFAULT_DECODER_CHANNELS, UNet, load_encoder, load_encoder_weights, model_spec,
                      segmentation_loss, unet_from_spec)
-from .hardware import amp_dtype, autocast, device_of, use_channels_last
+from .hardware import autocast, resolve, to_layout
 from .training import FitResult, TrainTask, fit_task
 
 KIND = "unet"  # model_spec["kind"] of a segmenter; classifiers' specs have no "kind"
@@ -195,9 +195,7 @@ class SegmentationTask(TrainTask):
 
     def step_loss(self, model: nn.Module, data, channels_last: bool) -> tuple[Tensor, Tensor]:
         x, target = data
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out = model(x)
+        out = model(to_layout(x, channels_last))
         loss = segmentation_loss(out, target, self.fg_weight, self.dice_weight)
         with torch.no_grad():
             valid = target != IGNORE_INDEX
@@ -261,7 +259,7 @@ def _inputs(images: Tensor, cfg: Config, device: torch.device, channels_last: bo
     x = normalize(center_resize(images.to(device, non_blocking=True), None, cfg.image_size)[0])
     if tta:
         x = torch.cat([x, x.flip(3)])
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return to_layout(x, channels_last)
 
 
 def _image_tensor(images: CachedImages | Tensor, what: str) -> Tensor:
@@ -275,9 +273,7 @@ def _image_tensor(images: CachedImages | Tensor, what: str) -> Tensor:
 def _iter_probs(model: nn.Module, images: Tensor, cfg: Config, tta: bool, batch_size: int | None,
                 progress: bool | None, desc: str) -> Iterator[tuple[int, Tensor, Tensor]]:
     """(start, fg prob [b,h,w], class probs [b,K,h,w]) per batch, float32 on the device, at the model's size."""
-    device = device_of(cfg)
-    amp = amp_dtype(cfg, device)
-    channels_last = use_channels_last(cfg, device)
+    device, amp, channels_last = resolve(cfg)
     batch_size = batch_size or max(1, int(cfg.batch_size))
     n = images.shape[0]
     show = progress if progress is not None else n >= _PROGRESS_MIN_IMAGES
@@ -342,9 +338,7 @@ def validate_segmenter(model: nn.Module, data: CachedImages, cfg: Config, *, bat
     if data.masks is None:
         raise ValueError("validate_segmenter: the images carry no masks")
     num_classes = _num_classes(model)
-    device = device_of(cfg)
-    amp = amp_dtype(cfg, device)
-    channels_last = use_channels_last(cfg, device)
+    device, amp, channels_last = resolve(cfg)
     batch_size = batch_size or max(1, int(cfg.batch_size))
     size = data.size
     score = SegmentationScore(num_classes)

@@ -36,7 +36,7 @@ from .augment import center_resize, normalize, strong_augment, weak_augment
 from .cache import CachedImages
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import Config
-from .hardware import amp_dtype, autocast, device_of, needs_grad_scaler, use_channels_last
+from .hardware import autocast, needs_grad_scaler, resolve, to_layout
 
 CHECKPOINT_FORMAT = "helpers.training/1"
 _PROGRESS_MIN_IMAGES = 2048  # predict_proba shows a bar from this many images on
@@ -183,9 +183,7 @@ def predict_proba(
     if not isinstance(data, Tensor) or data.ndim != 4 or data.shape[1] != 3:
         raise ValueError(f"predict_proba: expected CachedImages or a [N,3,H,W] tensor, got "
                          f"{tuple(data.shape) if isinstance(data, Tensor) else type(data).__name__}")
-    device = device_of(cfg)
-    amp = amp_dtype(cfg, device)
-    channels_last = use_channels_last(cfg, device)
+    device, amp, channels_last = resolve(cfg)
     batch_size = batch_size or max(1, 2 * cfg.batch_size)
     was_training = model.training
     model.eval()
@@ -199,10 +197,8 @@ def predict_proba(
             x = normalize(center_resize(x, None, cfg.image_size)[0])
             if tta:
                 x = torch.cat([x, x.flip(3)])
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
-                logits = model(x)
+                logits = model(to_layout(x, channels_last))
             probs = logits.float().softmax(dim=1)
             if tta:
                 plain, flipped = probs.chunk(2)
@@ -399,21 +395,16 @@ class ClassificationTask(TrainTask):
         if unl is not None:
             xw, xs, uidx = unl
             with torch.no_grad():
-                xw_in = xw.contiguous(memory_format=torch.channels_last) if channels_last else xw
-                pw = model(xw_in).float().softmax(dim=1)
+                pw = model(to_layout(xw, channels_last)).float().softmax(dim=1)
             conf, pseudo = pw.max(dim=1)
             mask = (conf >= self.threshold).float()
-            xin = torch.cat([x, xs])
-            if channels_last:
-                xin = xin.contiguous(memory_format=torch.channels_last)
-            logits = model(xin).float()
+            logits = model(to_layout(torch.cat([x, xs]), channels_last)).float()
             lx, lu = logits[:batch], logits[batch:]
             loss_x = F.cross_entropy(lx, y, label_smoothing=self.smoothing)
             loss_u = (F.cross_entropy(lu, pseudo, reduction="none") * mask).mean()
             loss = loss_x + self.unlabeled_weight * loss_u
         else:
-            xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-            lx = model(xin).float()
+            lx = model(to_layout(x, channels_last)).float()
             loss_x = loss = F.cross_entropy(lx, y, label_smoothing=self.smoothing)
         with torch.no_grad():
             stats = torch.zeros(self.num_stats, device=x.device)
@@ -510,14 +501,12 @@ def fit_task(
     grad clipping, EMA and seed come from cfg. See `TrainTask` for what the task supplies.
     """
     epochs = int(epochs)
-    device = device_of(cfg)
+    device, amp, channels_last = resolve(cfg)
     spec = _spec_of(model, spec)
     base_lr = float(cfg.lr if lr is None else lr)
     settings = task.settings()
     path = Path(cfg.run_dir) / f"{run_name}.pt"
 
-    amp = amp_dtype(cfg, device)
-    channels_last = use_channels_last(cfg, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model.to(device)

@@ -65,3 +65,14 @@ def test_cpu_bf16_training_step_runs_where_supported():
         loss = F.cross_entropy(model(x).float(), torch.tensor([0, 1, 0, 1]))
     loss.backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_resolve_and_to_layout_agree_with_the_single_answers(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    for cfg in (Config(device="cpu"), Config(device="cpu", cpu_bf16=True)):
+        device, dtype, channels_last = hardware.resolve(cfg)
+        assert (device, dtype, channels_last) == (CPU, hardware.amp_dtype(cfg, CPU),
+                                                  hardware.use_channels_last(cfg, CPU))
+    x = torch.randn(2, 3, 4, 5)
+    assert hardware.to_layout(x, False) is x
+    assert hardware.to_layout(x, True).is_contiguous(memory_format=torch.channels_last)

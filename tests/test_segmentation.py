@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-import helpers.training as training
 from helpers.cache import CachedImages
 from helpers.checkpoints import save_checkpoint
 from helpers.config import Config
@@ -22,6 +21,8 @@ from helpers.segmentation import (evaluate_segmentation, fit_segmenter, load_seg
                                   new_segmenter, predict_masks_original, predict_segmentation,
                                   resize_to_original)
 from helpers.segmentation import _prune_probability_channels
+
+from .resume import assert_identical_runs, crash_after_saves
 
 NUM_CLASSES = 2
 SIZE = 16
@@ -138,32 +139,15 @@ def test_resume_gives_identical_continuation(tmp_path, monkeypatch):
     train, val = _squares(16), _squares(4, seed=1)
     straight_cfg = _cfg(tmp_path / "a", seg_epochs=3, ema_decay=0.9)
     straight = fit_segmenter(_segmenter(straight_cfg), train, val, straight_cfg, run_name="r", progress=False)
-    straight_ckpt = torch.load(straight.checkpoint, weights_only=True)
 
     crash_cfg = _cfg(tmp_path / "b", seg_epochs=3, ema_decay=0.9)
-    real_save, calls = training.save_checkpoint, []
-
-    def save_then_crash(path, payload):
-        real_save(path, payload)
-        calls.append(path)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated crash after epoch 2")
-
-    monkeypatch.setattr(training, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        fit_segmenter(_segmenter(crash_cfg), train, val, crash_cfg, run_name="r", progress=False)
-    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    crash_after_saves(monkeypatch, lambda: fit_segmenter(_segmenter(crash_cfg), train, val, crash_cfg,
+                                                         run_name="r", progress=False))
 
     resumed = fit_segmenter(_segmenter(crash_cfg, seed=123), train, val, crash_cfg, run_name="r", progress=False)
     assert resumed.resumed_from == 2
-    resumed_ckpt = torch.load(resumed.checkpoint, weights_only=True)
-    for k, v in straight_ckpt["train"]["model"].items():
-        assert torch.equal(v, resumed_ckpt["train"]["model"][k]), k
-    for k, v in straight.model.state_dict().items():
-        assert torch.equal(v, resumed.model.state_dict()[k]), k
-    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
+    assert_identical_runs(straight, resumed)
     assert [h["val_miou"] for h in straight.history] == [h["val_miou"] for h in resumed.history]
-    assert straight.best_epoch == resumed.best_epoch
 
     # other masks are other training data: refused
     changed = _squares(16)

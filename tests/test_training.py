@@ -12,6 +12,8 @@ from helpers.cache import CachedImages
 from helpers.config import Config
 from helpers.training import EMA, evaluate, fit, lr_at, predict_proba
 
+from .resume import assert_identical_runs, crash_after_saves
+
 NUM_CLASSES = 3
 SIZE = 16
 
@@ -143,33 +145,15 @@ def test_resume_gives_identical_continuation(tmp_path, monkeypatch):
     train, val = _data(40), _data(9, seed=1)
     straight_cfg = _cfg(tmp_path / "a", epochs=4, ema_decay=ema_decay)
     straight = fit(_tiny(), train, val, straight_cfg, run_name="r", progress=False)
-    straight_ckpt = torch.load(straight.checkpoint, weights_only=True)
 
     crash_cfg = _cfg(tmp_path / "b", epochs=4, ema_decay=ema_decay)
-    real_save, calls = training.save_checkpoint, []
-
-    def save_then_crash(path, payload):
-        real_save(path, payload)
-        calls.append(path)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated crash after epoch 2")
-
-    monkeypatch.setattr(training, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        fit(_tiny(), train, val, crash_cfg, run_name="r", progress=False)
-    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    crash_after_saves(monkeypatch, lambda: fit(_tiny(), train, val, crash_cfg, run_name="r", progress=False))
     assert torch.load(tmp_path / "b" / "runs" / "r.pt", weights_only=True)["epoch"] == 2
 
     # a differently initialised model: everything must come from the checkpoint
     resumed = fit(_tiny(seed=123), train, val, crash_cfg, run_name="r", progress=False)
     assert resumed.resumed_from == 2
-    resumed_ckpt = torch.load(resumed.checkpoint, weights_only=True)
-    for k, v in straight_ckpt["train"]["model"].items():
-        assert torch.equal(v, resumed_ckpt["train"]["model"][k]), k
-    for k, v in straight.model.state_dict().items():
-        assert torch.equal(v, resumed.model.state_dict()[k]), k
-    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
-    assert straight.best_epoch == resumed.best_epoch
+    assert_identical_runs(straight, resumed)
 
     # a finished run is returned as is, without training
     again = fit(_tiny(seed=5), train, val, crash_cfg, run_name="r", progress=False)
