@@ -1,4 +1,4 @@
-"""Training throughput: the on-device cache engine (helpers.training.fit) vs a conventional JPEG pipeline.
+"""Training throughput: the on-device cache engine (helpers.classification.fit) vs a conventional JPEG pipeline.
 
 Both train the preset's model (at the cpu preset: resnet18 at 64 px, batch 32, AdamW) for the same
 epochs over the same JPEG files, in the same precision and memory format (helpers.hardware: fp32 on
@@ -40,7 +40,8 @@ from helpers.data import Sample, load_index  # noqa: E402
 from helpers.hardware import autocast, describe, resolve, to_layout  # noqa: E402
 from helpers.images import load_image  # noqa: E402
 from helpers.models import build_classifier, model_spec  # noqa: E402
-from helpers.training import build_optimizer, fit  # noqa: E402
+from helpers.classification import fit  # noqa: E402
+from helpers.engine import build_optimizer  # noqa: E402
 
 
 def synthetic_jpegs(folder: Path, n: int, num_classes: int, seed: int = 0) -> list[Sample]:

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 import helpers
-from helpers import pipeline, training
+from helpers import classification, pipeline
 
 
 def main() -> None:
@@ -30,8 +30,8 @@ def main() -> None:
     print(f"{'checkpoint':<28} {'val acc':>8} {'test acc':>9}")
     for path in sorted(Path(cfg.run_dir).glob("classifier_*.pt")):
         model = pipeline.load_classifier(cfg, path.stem, data.index.num_classes)
-        val = training.evaluate(model, data.val, cfg, tta=True)["accuracy"]
-        test = (training.evaluate(model, data.test, cfg, tta=True)["predictions"] == truth).float().mean()
+        val = classification.evaluate(model, data.val, cfg, tta=True)["accuracy"]
+        test = (classification.evaluate(model, data.test, cfg, tta=True)["predictions"] == truth).float().mean()
         print(f"{path.stem:<28} {val:>8.3f} {float(test):>9.3f}")
 
 

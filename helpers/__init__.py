@@ -1,8 +1,36 @@
 """helpers: the reusable code behind the ImageNet-Subset course notebooks.
 
-One module per concern: `config` (presets, data discovery), `data` (the data index), `images`
-(robust image loading), `masks` (mask encoding), `cache` (decoded-image cache), `demo` (the
-generated demo dataset), `augment`, `models`, `training`, `pseudo`, `metrics`, `plots`, `submission`.
+The map: one module per concern, in the order the notebooks meet them.
+
+    Data
+      config           the Config object, presets (smoke / cpu / gpu), IMSUB_* overrides, data discovery, seeding
+      data             the data index: annotation JSON + folders -> samples, the stratified validation split
+      images           robust image loading (grayscale, CMYK, PNG-as-JPEG, truncated), no EXIF rotation
+      masks            mask encoding: id = R + G*256, class k <-> id k + 1, ignore 1000; PNG read/write
+      cache            the decoded-image cache: uint8 tensors per split and size, rebuilt when the source changes
+      stats            dataset statistics for notebook 00
+    Models and training
+      augment          batched on-device augmentation: affine warp (image and mask alike), colour, RandAugment, cutout
+      models           the ResNet classifier and the U-Net on the same ResNet trunk
+      transfer         encoder transfer between classifiers, U-Nets and weight files, with a load report
+      engine           the training loop every model uses: schedule, mixed precision, best epoch, checkpoints, resume
+      ema              the exponential moving average of a model's weights
+      classification   prediction, evaluation, features, and `fit` (the classifier's training task)
+      consistency      the FixMatch consistency loss on unlabeled images
+      pseudo           offline pseudo-labels: threshold, per-class cap, precision and coverage
+      segmentation     the U-Net: build, segmentation loss, `fit_segmenter`, validation
+      mask_prediction  from U-Net outputs to masks: flip TTA, mask methods, original-size masks, scoring
+    Results
+      metrics          accuracy, confusion matrix, mIoU exactly as the ImageNet-S evaluator, submission scoring
+      submission       the atomic submission writer, its validator and command line
+      plots            image grids with mask overlays and a class legend, curves, confusion matrices, the browser
+    Plumbing (no course ideas inside)
+      hardware         device, mixed-precision dtype, memory format
+      checkpoints      atomic checkpoint files, safe loading with clear errors
+      fileops          small file-system helpers
+      pipeline         what the notebooks share: run data, model loading, the run's recorded choices
+      runner           `python -m helpers run`: the notebooks executed headless, and the run summary
+      demo             the synthetic demo dataset generator (`python -m helpers.demo`)
 """
 from .config import Config, get_config, seed_everything
 from .data import DatasetIndex, Sample, load_index, split_labeled

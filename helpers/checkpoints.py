@@ -20,7 +20,7 @@ def _producer(path: Path) -> str:
     for prefix, who in _PRODUCERS.items():
         if stem.startswith(prefix):
             return who
-    return f"the training run named {path.stem!r} (helpers.training.fit(..., run_name={path.stem!r}))"
+    return f"the training run named {path.stem!r} (helpers.classification.fit(..., run_name={path.stem!r}))"
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:

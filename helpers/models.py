@@ -1,9 +1,7 @@
-"""Networks: torchvision ResNet classifiers, a U-Net on the same encoder, encoder transfer, seg loss."""
+"""Networks: torchvision ResNet classifiers and a U-Net whose encoder is the same ResNet trunk."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -11,15 +9,11 @@ import torchvision
 from torch import Tensor, nn
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
-IGNORE_INDEX = 255  # same value as helpers.masks.IGNORE_INDEX
 DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32)
 
 # Names of the ResNet trunk modules; the U-Net encoder keeps exactly these so state_dict keys match.
-_TRUNK = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-_TRUNK_PARAM_ROOTS = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
-# Prefixes added by DataParallel / torch.compile / a U-Net checkpoint; removed before matching.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "encoder.")
-_CHECKPOINT_KEYS = ("model", "state_dict", "model_state_dict")
+TRUNK_MODULES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+TRUNK_PARAM_ROOTS = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 
 
 def _check_arch(arch: str) -> None:
@@ -103,7 +97,7 @@ class ResNetEncoder(nn.Module):
     def __init__(self, arch: str, small_stem: bool = False):
         super().__init__()
         resnet = build_classifier(arch, num_classes=1, small_stem=small_stem)
-        for name in _TRUNK:
+        for name in TRUNK_MODULES:
             setattr(self, name, getattr(resnet, name))
         expansion = type(resnet.layer1[0]).expansion  # 1 for BasicBlock, 4 for Bottleneck
         self.channels = (64, 64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion)
@@ -181,140 +175,3 @@ class UNet(nn.Module):
             fg = F.interpolate(fg, size=x.shape[-2:], mode="bilinear", align_corners=False)
             seg = F.interpolate(seg, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return {"fg": fg, "seg": seg}
-
-
-@dataclass
-class EncoderLoadReport:
-    """What a weight transfer did: target keys not filled, source keys not used, tensors copied."""
-
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    loaded: int = 0
-
-
-def _normalise_key(key: str) -> str:
-    """Strip wrapper prefixes (DataParallel, torch.compile, a U-Net's 'encoder.')."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
-
-
-def encoder_state_from_classifier(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Classifier state without fc.*, keys prefixed with 'encoder.' for the U-Net."""
-    out = {}
-    for key, value in state_dict.items():
-        key = _normalise_key(key)
-        if isinstance(value, Tensor) and key.startswith(_TRUNK_PARAM_ROOTS):
-            out["encoder." + key] = value
-    return out
-
-
-def _trunk_of(model: nn.Module) -> nn.Module:
-    """The module whose state (minus fc.*) is the ResNet trunk: a U-Net's encoder or a classifier."""
-    if isinstance(model, UNet):
-        return model.encoder
-    if all(hasattr(model, name) for name in _TRUNK):
-        return model
-    raise TypeError(f"expected a UNet or a torchvision ResNet classifier, got {type(model).__name__}")
-
-
-def _load_trunk(target: nn.Module, source: Mapping, what: str) -> EncoderLoadReport:
-    """Copy the trunk tensors of `source` into `target`; ValueError naming `what` on any mismatch."""
-    wanted = {k: t for k, t in target.state_dict().items() if k.startswith(_TRUNK_PARAM_ROOTS)}
-    found: dict[str, Tensor] = {}
-    unexpected, extra_trunk, bad_shape = [], [], []
-    for raw_key, value in source.items():
-        key = _normalise_key(str(raw_key))
-        if key in wanted and isinstance(value, Tensor):
-            if value.shape != wanted[key].shape:
-                bad_shape.append(f"{key} {tuple(value.shape)} != {tuple(wanted[key].shape)}")
-            else:
-                found[key] = value
-            continue
-        unexpected.append(str(raw_key))
-        if key.startswith(_TRUNK_PARAM_ROOTS):
-            extra_trunk.append(str(raw_key))
-    missing = [k for k in wanted if k not in found]
-    if not found:
-        sample = ", ".join(list(map(str, source.keys()))[:5]) or "no keys"
-        raise ValueError(
-            f"{what}: none of the {len(wanted)} encoder tensors found (keys look like: {sample}); "
-            "expected a torchvision ResNet state_dict of the same arch")
-    if missing or bad_shape or extra_trunk:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} encoder keys missing (e.g. {', '.join(missing[:5])})")
-        if bad_shape:
-            parts.append(f"shape mismatch: {'; '.join(bad_shape[:5])}")
-        if extra_trunk:
-            parts.append(f"{len(extra_trunk)} encoder-like keys the model lacks "
-                         f"(e.g. {', '.join(extra_trunk[:5])})")
-        raise ValueError(
-            f"{what} does not fit this encoder: {' | '.join(parts)}. "
-            "Use the same arch and small_stem setting as the model that produced the weights.")
-    state = target.state_dict()  # tensors share storage with the module
-    with torch.no_grad():
-        for key, value in found.items():
-            state[key].copy_(value)
-    return EncoderLoadReport(missing=[], unexpected=unexpected, loaded=len(found))
-
-
-def load_encoder(unet: UNet, classifier_state: Mapping[str, Tensor]) -> EncoderLoadReport:
-    """Copy a classifier's trunk (params and BN buffers) into `unet.encoder`; fc.* is reported unused."""
-    return _load_trunk(unet.encoder, classifier_state, "classifier state")
-
-
-def _state_from_file(obj: object, path: Path) -> Mapping:
-    """The state_dict inside a loaded file: the object itself or its 'model'/'state_dict' entry."""
-    if isinstance(obj, Mapping):
-        for key in _CHECKPOINT_KEYS:
-            if isinstance(obj.get(key), Mapping):
-                return obj[key]
-        if any(isinstance(v, Tensor) for v in obj.values()):
-            return obj
-    raise ValueError(
-        f"{path}: expected a ResNet state_dict or a dict with a 'model' / 'state_dict' entry, "
-        f"got {type(obj).__name__}")
-
-
-def load_encoder_weights(model: nn.Module, path: Path | str) -> EncoderLoadReport:
-    """Load ResNet trunk weights from a local file into a classifier (fc kept) or a U-Net encoder."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"encoder weights file not found: {path}; set encoder_weights to a local file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem is reported with the file name
-        raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True): {exc}") from exc
-    return _load_trunk(_trunk_of(model), _state_from_file(obj, path), str(path))
-
-
-def segmentation_loss(
-    out: Mapping[str, Tensor],
-    target: Tensor,
-    fg_weight: float = 1.0,
-    dice_weight: float = 1.0,
-) -> Tensor:
-    """CE on 'seg' + fg_weight * BCE on 'fg' + dice_weight * soft Dice on fg; 255 pixels ignored."""
-    seg, fg = out["seg"].float(), out["fg"].float()
-    if target.ndim != 3 or target.shape[-2:] != seg.shape[-2:] or target.shape[0] != seg.shape[0]:
-        raise ValueError(f"target shape {tuple(target.shape)} does not match seg logits {tuple(seg.shape)}")
-    target = target.long()
-    valid = target != IGNORE_INDEX
-    n_valid = valid.sum().clamp(min=1)
-    # sum / count instead of mean: an all-ignored batch gives 0, not NaN
-    ce = F.cross_entropy(seg, target, ignore_index=IGNORE_INDEX, reduction="sum") / n_valid
-    fg_logit = fg[:, 0]
-    fg_target = (target > 0) & valid
-    bce = F.binary_cross_entropy_with_logits(fg_logit, fg_target.float(), reduction="none")
-    bce = torch.where(valid, bce, torch.zeros_like(bce)).sum() / n_valid
-    prob = torch.where(valid, torch.sigmoid(fg_logit), torch.zeros_like(fg_logit))
-    truth = fg_target.float()
-    inter = (prob * truth).flatten(1).sum(1)
-    denom = prob.flatten(1).sum(1) + truth.flatten(1).sum(1)
-    dice = 1.0 - (2.0 * inter + 1.0) / (denom + 1.0)  # per image, +1 smoothing: empty vs empty = 0
-    return ce + fg_weight * bce + dice_weight * dice.mean()

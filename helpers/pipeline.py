@@ -14,7 +14,8 @@ from .cache import CachedImages, load_cached
 from .checkpoints import load_checkpoint
 from .config import Config
 from .data import DatasetIndex, Sample, load_index, split_labeled
-from .models import build_classifier, classifier_from_spec, load_encoder_weights, model_spec
+from .models import build_classifier, classifier_from_spec, model_spec
+from .transfer import load_encoder_weights
 
 BASELINE_RUN = "classifier_baseline"
 SUMMARY_FILE = "summary.json"

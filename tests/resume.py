@@ -1,4 +1,4 @@
-"""Shared checks of crash-and-resume for the tests of helpers.training and helpers.segmentation."""
+"""Shared checks of crash-and-resume for the tests of helpers.classification and helpers.segmentation."""
 from __future__ import annotations
 
 from typing import Callable
@@ -6,12 +6,12 @@ from typing import Callable
 import pytest
 import torch
 
-import helpers.training as training
+import helpers.engine as engine
 
 
 def crash_after_saves(monkeypatch, run: Callable[[], object], saves: int = 2) -> None:
     """Call `run()` with checkpoint saving that raises KeyboardInterrupt right after the `saves`-th save."""
-    real_save, calls = training.save_checkpoint, []
+    real_save, calls = engine.save_checkpoint, []
 
     def save_then_crash(path, payload):
         real_save(path, payload)
@@ -19,13 +19,13 @@ def crash_after_saves(monkeypatch, run: Callable[[], object], saves: int = 2) ->
         if len(calls) == saves:
             raise KeyboardInterrupt(f"simulated crash after save {saves}")
 
-    monkeypatch.setattr(training, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         run()
-    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
 
 
-def assert_identical_runs(straight: training.FitResult, resumed: training.FitResult) -> None:
+def assert_identical_runs(straight: engine.FitResult, resumed: engine.FitResult) -> None:
     """Same training weights in the checkpoints, same best weights, same history losses, same best epoch."""
     straight_ckpt = torch.load(straight.checkpoint, weights_only=True)
     resumed_ckpt = torch.load(resumed.checkpoint, weights_only=True)

@@ -1,4 +1,4 @@
-"""Tests for helpers.models: shapes, encoder transfer, weight files, segmentation loss, specs."""
+"""Tests for helpers.models, helpers.transfer and the segmentation loss: shapes, encoder transfer, weight files, specs."""
 from __future__ import annotations
 
 import functools
@@ -8,20 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.models import (
-    ARCHS,
-    EncoderLoadReport,
-    UNet,
-    build_classifier,
-    classifier_from_spec,
-    count_parameters,
-    encoder_state_from_classifier,
-    load_encoder,
-    load_encoder_weights,
-    model_spec,
-    segmentation_loss,
-    unet_from_spec,
-)
+from helpers.models import ARCHS, UNet, build_classifier, classifier_from_spec, count_parameters, model_spec, unet_from_spec
+from helpers.segmentation import segmentation_loss
+from helpers.transfer import EncoderLoadReport, encoder_state_from_classifier, load_encoder, load_encoder_weights
 
 
 def _randomize_(model: nn.Module, seed: int = 0) -> nn.Module:

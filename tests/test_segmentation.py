@@ -1,4 +1,4 @@
-"""Tests for helpers.segmentation: training (learning, checkpoint, exact resume), encoder transfer,
+"""Tests for helpers.segmentation and helpers.mask_prediction: training (learning, checkpoint, exact resume), encoder transfer,
 TTA, masks from predictions, exact original-size resizing, streaming and scoring at the original size."""
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ from helpers.config import Config
 from helpers.data import Sample
 from helpers.masks import IGNORE_ID, write_mask
 from helpers.models import build_classifier, model_spec
-from helpers.segmentation import (evaluate_segmentation, fit_segmenter, load_segmenter, masks_from_predictions,
-                                  new_segmenter, predict_masks_original, predict_segmentation,
-                                  resize_to_original)
-from helpers.segmentation import _prune_probability_channels
+from helpers.mask_prediction import (_prune_probability_channels, evaluate_segmentation, masks_from_predictions,
+                                     predict_masks_original, predict_segmentation, resize_to_original)
+from helpers.segmentation import fit_segmenter, load_segmenter, new_segmenter
 
 from .resume import assert_identical_runs, crash_after_saves
 

@@ -1,25 +1,23 @@
-"""Fast classifier training on the decoded-image cache: on-device batches and augmentation, resumable.
+"""The training engine: one loop for every model, resumable, fast on the decoded-image cache.
 
-Batches are indexed straight out of the uint8 cache, which is moved to the training device once;
-augmentation (helpers.augment) runs batched on that device. There is no DataLoader and no decoding
-after the cache is built. Mixed precision and channels_last follow helpers.hardware (on CUDA; on
-the CPU only with cfg.cpu_bf16).
+`fit_task(model, task, cfg, run_name=...)` runs any `TrainTask` (helpers.classification's classifier,
+helpers.segmentation's U-Net): AdamW or SGD, linear warmup then per-step cosine decay, mixed
+precision and channels_last as helpers.hardware decides, gradient clipping, an optional weight EMA
+(helpers.ema), validation after every epoch, the best epoch's weights, checkpoints and exact resume.
 
 Conventions:
-- The model's description (helpers.models.model_spec) is taken from `fit(..., spec=...)`, else from
-  an attribute `model.spec`; it is stored in the checkpoint so the model can be rebuilt later.
-- Checkpoint `cfg.run_dir / f"{run_name}.pt"` is written after every epoch. Its "model" entry is the
-  BEST weights so far (EMA weights when EMA is on): what inference and encoder transfer load. The
-  state needed to resume (current weights, optimizer, EMA, step, RNG states) is under "train".
-- The learning rate is cfg.lr as given (no batch-size scaling), with linear warmup over
-  cfg.warmup_epochs and a per-step cosine decay to 0. Weight decay skips biases and norm weights.
-- The loop itself (`fit_task`) knows nothing about classification: a `TrainTask` supplies the
-  batches, the per-step loss, the validation and the metric that picks the best epoch. `fit` runs it
-  with the classification task; helpers.segmentation runs it with a segmentation task.
+- The model's description (helpers.models.model_spec) is taken from `spec=`, else from an attribute
+  `model.spec`; it is stored in the checkpoint so the model can be rebuilt later.
+- Checkpoint `cfg.run_dir / f"{run_name}.pt"`, written atomically after every epoch (at most every
+  cfg.checkpoint_seconds when that is > 0, and always after the last). Its "model" entry is the BEST
+  weights so far (EMA weights when EMA is on): what inference and encoder transfer load. The state
+  needed to resume (current weights, optimizer, EMA, step, RNG states) is under "train".
+- The learning rate is the given lr (no batch-size scaling). Weight decay skips biases and norm weights.
+- Batches come from the task, which indexes its uint8 cache on the training device and augments
+  there (helpers.augment): no DataLoader, no decoding after the cache is built.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import time
@@ -28,76 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .augment import center_resize, normalize, strong_augment, weak_augment
 from .cache import CachedImages
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import Config
-from .hardware import autocast, needs_grad_scaler, resolve, to_layout
+from .ema import EMA, cpu_state
+from .hardware import autocast, needs_grad_scaler, resolve
 
 CHECKPOINT_FORMAT = "helpers.training/1"
-_PROGRESS_MIN_IMAGES = 2048  # predict_proba shows a bar from this many images on
 
 
-# ----------------------------------------------------------------------------- EMA
-class EMA:
-    """Exponential moving average of a model's weights: float params and buffers averaged, int buffers copied.
-
-    With `warmup`, the decay used at update n is min(decay, (1 + n) / (10 + n)), so that short runs
-    (few steps per epoch) are not dominated by the random initial weights.
-    """
-
-    def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"EMA decay must lie in (0, 1), got {decay}")
-        self.decay = float(decay)
-        self.warmup = bool(warmup)
-        self.num_updates = 0
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    def current_decay(self) -> float:
-        """The decay the next update uses."""
-        if not self.warmup:
-            return self.decay
-        n = self.num_updates
-        return min(self.decay, (1 + n) / (10 + n))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """ema = d * ema + (1 - d) * model for float tensors; integer buffers are copied."""
-        d = self.current_decay()
-        ema_state = self.model.state_dict()
-        floats_ema, floats_new = [], []
-        for name, value in model.state_dict().items():
-            target = ema_state[name]
-            if target.is_floating_point():
-                floats_ema.append(target)
-                floats_new.append(value.detach().to(target.dtype))
-            else:
-                target.copy_(value)
-        if floats_ema:
-            torch._foreach_lerp_(floats_ema, floats_new, 1.0 - d)
-        self.num_updates += 1
-
-    def state_dict(self) -> dict:
-        """Plain-data state (weights_only-safe)."""
-        return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates,
-                "model": _cpu_state(self.model)}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore from `state_dict()`."""
-        self.model.load_state_dict(state["model"])
-        self.num_updates = int(state["num_updates"])
-        self.decay = float(state.get("decay", self.decay))
-        self.warmup = bool(state.get("warmup", self.warmup))
-
-
-# ----------------------------------------------------------------------------- results
 @dataclass
 class FitResult:
     """What `fit` returns: per-epoch history, the best epoch and the model holding its weights."""
@@ -111,11 +51,6 @@ class FitResult:
     metric: str = "val_acc"  # the history key that picked the best epoch
     best_value: float = float("nan")  # its value at the best epoch (== best_val_acc for classifiers)
 
-
-# ----------------------------------------------------------------------------- small helpers
-def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
-    """A detached CPU copy of a model's state_dict."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _sync(device: torch.device) -> None:
@@ -154,7 +89,7 @@ def build_optimizer(model: nn.Module, cfg: Config, lr: float | None = None) -> t
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose 'sgd' or 'adamw'")
 
 
-def _fingerprint(data: CachedImages) -> str:
+def data_fingerprint(data: CachedImages) -> str:
     """Hash of a split's keys and labels (detects a changed training set on resume)."""
     h = hashlib.sha1()
     h.update("\n".join(data.keys).encode())
@@ -162,87 +97,10 @@ def _fingerprint(data: CachedImages) -> str:
     return h.hexdigest()
 
 
-def _spec_of(model: nn.Module, spec: dict | None) -> dict | None:
+def spec_of(model: nn.Module, spec: dict | None) -> dict | None:
+    """The model_spec to store: `spec` if given, else `model.spec`, else None."""
     spec = spec if spec is not None else getattr(model, "spec", None)
     return dict(spec) if spec is not None else None
-
-
-# ----------------------------------------------------------------------------- prediction
-@torch.no_grad()
-def predict_proba(
-    model: nn.Module,
-    images: CachedImages | Tensor,
-    cfg: Config,
-    *,
-    tta: bool = True,
-    batch_size: int | None = None,
-    progress: bool | None = None,
-) -> Tensor:
-    """Softmax probabilities [N, C] (CPU float32): center_resize + normalize, optional horizontal-flip TTA."""
-    data = images.images if isinstance(images, CachedImages) else images
-    if not isinstance(data, Tensor) or data.ndim != 4 or data.shape[1] != 3:
-        raise ValueError(f"predict_proba: expected CachedImages or a [N,3,H,W] tensor, got "
-                         f"{tuple(data.shape) if isinstance(data, Tensor) else type(data).__name__}")
-    device, amp, channels_last = resolve(cfg)
-    batch_size = batch_size or max(1, 2 * cfg.batch_size)
-    was_training = model.training
-    model.eval()
-    n = data.shape[0]
-    show = progress if progress is not None else n >= _PROGRESS_MIN_IMAGES
-    out = []
-    try:
-        for start in tqdm(range(0, n, batch_size), desc="predict", unit="batch", leave=False,
-                          disable=not show):
-            x = data[start:start + batch_size].to(device, non_blocking=True)
-            x = normalize(center_resize(x, None, cfg.image_size)[0])
-            if tta:
-                x = torch.cat([x, x.flip(3)])
-            with autocast(device, amp):
-                logits = model(to_layout(x, channels_last))
-            probs = logits.float().softmax(dim=1)
-            if tta:
-                plain, flipped = probs.chunk(2)
-                probs = (plain + flipped) / 2
-            out.append(probs.cpu())
-    finally:
-        model.train(was_training)
-    if not out:
-        return torch.zeros(0, 0)
-    return torch.cat(out)
-
-
-def evaluate(model: nn.Module, data: CachedImages, cfg: Config, *, tta: bool = False,
-             batch_size: int | None = None, progress: bool | None = None) -> dict:
-    """accuracy and loss (NLL) over the images with known labels, plus predictions and probs of all images."""
-    probs = predict_proba(model, data, cfg, tta=tta, batch_size=batch_size, progress=progress)
-    labels = data.labels.detach().cpu().long()
-    predictions = probs.argmax(dim=1) if probs.numel() else torch.zeros(0, dtype=torch.long)
-    known = labels >= 0
-    n_known = int(known.sum())
-    if n_known:
-        accuracy = float((predictions[known] == labels[known]).float().mean())
-        loss = float(F.nll_loss(probs[known].clamp_min(1e-12).log(), labels[known]))
-    else:
-        accuracy = loss = float("nan")
-    return {"accuracy": accuracy, "loss": loss, "predictions": predictions, "probs": probs,
-            "num_labeled": n_known}
-
-
-# ----------------------------------------------------------------------------- training
-def _settings(cfg: Config, train: CachedImages, unlabeled: CachedImages | None, unlabeled_weight: float,
-              threshold: float | None, mu: int) -> dict:
-    """The run settings a resumed run must share with its checkpoint (epochs may grow)."""
-    s = {
-        "optimizer": cfg.optimizer, "lr": float(cfg.lr), "weight_decay": float(cfg.weight_decay),
-        "batch_size": int(cfg.batch_size), "image_size": int(cfg.image_size),
-        "label_smoothing": float(cfg.label_smoothing), "ema_decay": float(cfg.ema_decay),
-        "warmup_epochs": int(cfg.warmup_epochs), "grad_clip": float(cfg.grad_clip), "seed": int(cfg.seed),
-        "num_train": len(train), "train_fingerprint": _fingerprint(train),
-    }
-    if unlabeled is not None:
-        s.update(num_unlabeled=len(unlabeled), unlabeled_fingerprint=_fingerprint(unlabeled),
-                 unlabeled_weight=float(unlabeled_weight), threshold=float(threshold), mu=int(mu))
-    return s
 
 
 def _check_resume(path: Path, ckpt: dict, spec: dict | None, settings: dict) -> None:
@@ -280,13 +138,7 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def _unlabeled_order(n: int, count: int, generator: torch.Generator) -> Tensor:
-    """`count` indices into n unlabeled images: concatenated fresh permutations (each image once per pass)."""
-    reps = max(1, math.ceil(count / n))
-    return torch.cat([torch.randperm(n, generator=generator) for _ in range(reps)])[:count]
 
-
-# ----------------------------------------------------------------------------- the training loop
 class TrainTask:
     """What `fit_task` needs from a training objective: data, per-step loss, validation, best-epoch metric.
 
@@ -341,147 +193,6 @@ class TrainTask:
         raise NotImplementedError
 
 
-class ClassificationTask(TrainTask):
-    """Supervised cross-entropy on labeled images, plus FixMatch on `unlabeled` when given (what `fit` runs)."""
-
-    num_stats = 6  # loss*n, correct, masked, unlabeled loss*n, pseudo correct, pseudo known
-
-    def __init__(self, train: CachedImages, val: CachedImages | None, cfg: Config,
-                 unlabeled: CachedImages | None = None, unlabeled_weight: float = 1.0,
-                 threshold: float | None = None, mu: int = 1):
-        self.train, self.val, self.unlabeled, self.cfg = train, val, unlabeled, cfg
-        self.unlabeled_weight, self.threshold, self.mu = float(unlabeled_weight), threshold, int(mu)
-        self.size = int(cfg.image_size)
-        self.smoothing = float(cfg.label_smoothing)
-        self._train = self._val = self._unl = None
-
-    def __len__(self) -> int:
-        return len(self.train)
-
-    def settings(self) -> dict:
-        return _settings(self.cfg, self.train, self.unlabeled, self.unlabeled_weight, self.threshold, self.mu)
-
-    def to_device(self, device: torch.device) -> None:
-        self._train = self.train.to(device)
-        self._val = self.val.to(device) if self.val is not None and len(self.val) else None
-        self._unl = self.unlabeled.to(device) if self.unlabeled is not None else None
-
-    def release(self) -> None:
-        self._train = self._val = self._unl = None
-
-    def start_epoch(self, steps: int, batch: int, generator: torch.Generator) -> None:
-        self.perm = torch.randperm(len(self.train), generator=generator)
-        self.ubatch = self.mu * batch
-        self.uorder = (_unlabeled_order(len(self._unl), steps * self.ubatch, generator)
-                       if self._unl is not None else None)
-
-    def next_batch(self, i: int, batch: int, generator: torch.Generator):
-        train = self._train
-        idx = self.perm[i * batch:(i + 1) * batch].to(train.images.device, non_blocking=True)
-        x, _ = weak_augment(train.images[idx], None, self.size, generator)
-        y = train.labels[idx]
-        if self._unl is None:
-            return x, y, None
-        ub = self.ubatch
-        uidx = self.uorder[i * ub:(i + 1) * ub].to(train.images.device, non_blocking=True)
-        uimg = self._unl.images[uidx]
-        xw, _ = weak_augment(uimg, None, self.size, generator)
-        xs = strong_augment(uimg, self.size, generator)
-        return x, y, (xw, xs, uidx)
-
-    def step_loss(self, model: nn.Module, data, channels_last: bool) -> tuple[Tensor, Tensor]:
-        x, y, unl = data
-        batch = x.shape[0]
-        if unl is not None:
-            xw, xs, uidx = unl
-            with torch.no_grad():
-                pw = model(to_layout(xw, channels_last)).float().softmax(dim=1)
-            conf, pseudo = pw.max(dim=1)
-            mask = (conf >= self.threshold).float()
-            logits = model(to_layout(torch.cat([x, xs]), channels_last)).float()
-            lx, lu = logits[:batch], logits[batch:]
-            loss_x = F.cross_entropy(lx, y, label_smoothing=self.smoothing)
-            loss_u = (F.cross_entropy(lu, pseudo, reduction="none") * mask).mean()
-            loss = loss_x + self.unlabeled_weight * loss_u
-        else:
-            lx = model(to_layout(x, channels_last)).float()
-            loss_x = loss = F.cross_entropy(lx, y, label_smoothing=self.smoothing)
-        with torch.no_grad():
-            stats = torch.zeros(self.num_stats, device=x.device)
-            stats[0] = loss_x.detach() * batch
-            stats[1] = (lx.argmax(dim=1) == y).sum()
-            if unl is not None:
-                stats[2] = mask.sum()
-                stats[3] = loss_u.detach() * xs.shape[0]
-                truth = self._unl.labels[uidx]
-                known = (truth >= 0).float() * mask
-                stats[4] = ((pseudo == truth).float() * known).sum()
-                stats[5] = known.sum()
-        return loss, stats
-
-    def train_record(self, stats: list[float], seen: int, steps: int, batch: int) -> dict:
-        record = {"train_loss": stats[0] / seen, "train_acc": stats[1] / seen}
-        if self._unl is not None:
-            n_u = steps * self.mu * batch
-            record.update(mask_rate=stats[2] / n_u, unlabeled_loss=stats[3] / n_u,
-                          pseudo_acc=stats[4] / stats[5] if stats[5] > 0 else float("nan"))
-        return record
-
-    def postfix(self, stats: list[float], seen: int) -> dict:
-        return {"loss": f"{stats[0] / seen:.3f}", "acc": f"{stats[1] / seen:.3f}"}
-
-    def validate(self, model: nn.Module) -> dict:
-        if self._val is None:
-            return {"val_loss": float("nan"), "val_acc": float("nan")}
-        ev = evaluate(model, self._val, self.cfg, progress=False)
-        return {"val_loss": ev["loss"], "val_acc": ev["accuracy"]}
-
-
-def fit(
-    model: nn.Module,
-    train: CachedImages,
-    val: CachedImages | None,
-    cfg: Config,
-    *,
-    run_name: str,
-    epochs: int | None = None,
-    unlabeled: CachedImages | None = None,
-    unlabeled_weight: float = 1.0,
-    threshold: float | None = None,
-    mu: int = 1,
-    spec: dict | None = None,
-    resume: bool = True,
-    progress: bool = True,
-) -> FitResult:
-    """Train a classifier on the cache (optionally FixMatch on `unlabeled`), checkpoint every epoch, resume.
-
-    unlabeled: when given, each step also takes mu x batch unlabeled images; confident (max prob >=
-      threshold, default cfg.pseudo_threshold) predictions on their weak view supervise their
-      strong view with weight `unlabeled_weight`.
-    spec: the model_spec stored in the checkpoint (default: `model.spec` if the model has one).
-    resume: continue from `cfg.run_dir / f"{run_name}.pt"` if it exists (same settings required);
-      a finished run is returned without training.
-    The passed model is trained in place and finally holds the best weights (EMA weights if EMA is on).
-    """
-    spec = _spec_of(model, spec)
-    if len(train) == 0:
-        raise ValueError("fit: the training set is empty")
-    if bool((train.labels < 0).any()):
-        raise ValueError("fit: the training set holds images without a label (-1); pass only labeled "
-                         "(or pseudo-labeled) images as `train` and the rest as `unlabeled`")
-    if spec is not None and int(train.labels.max()) >= int(spec["num_classes"]):
-        raise ValueError(f"fit: labels go up to {int(train.labels.max())} but the model has "
-                         f"{spec['num_classes']} classes")
-    use_unlabeled = unlabeled is not None and len(unlabeled) > 0
-    if use_unlabeled:
-        threshold = float(cfg.pseudo_threshold if threshold is None else threshold)
-        if mu < 1:
-            raise ValueError(f"mu (unlabeled batches per labeled batch) must be >= 1, got {mu}")
-    task = ClassificationTask(train, val, cfg, unlabeled if use_unlabeled else None, unlabeled_weight,
-                              threshold, mu)
-    return fit_task(model, task, cfg, run_name=run_name, epochs=cfg.epochs if epochs is None else epochs,
-                    spec=spec, resume=resume, progress=progress)
-
 
 def fit_task(
     model: nn.Module,
@@ -495,14 +206,14 @@ def fit_task(
     resume: bool = True,
     progress: bool = True,
 ) -> FitResult:
-    """The training loop behind `fit`: optimizer, warmup+cosine, AMP, EMA, best epoch, checkpoints, resume.
+    """The training loop: optimizer, warmup+cosine, AMP, EMA, best epoch, checkpoints, resume.
 
     lr: the base learning rate (default cfg.lr). Batch size, optimizer, weight decay, warmup,
     grad clipping, EMA and seed come from cfg. See `TrainTask` for what the task supplies.
     """
     epochs = int(epochs)
     device, amp, channels_last = resolve(cfg)
-    spec = _spec_of(model, spec)
+    spec = spec_of(model, spec)
     base_lr = float(cfg.lr if lr is None else lr)
     settings = task.settings()
     path = Path(cfg.run_dir) / f"{run_name}.pt"
@@ -574,7 +285,7 @@ def fit_task(
                 else:
                     improved = value > best["value"] or (value == best["value"] and tie <= best["tie"])
                 if improved:
-                    best = {"value": value, "tie": tie, "epoch": epoch + 1, "state": _cpu_state(eval_model)}
+                    best = {"value": value, "tie": tie, "epoch": epoch + 1, "state": cpu_state(eval_model)}
                 bar.set_postfix(ep=f"{epoch + 1}/{epochs}", **task.postfix(stats, seen),
                                 val=f"{value:.3f}", refresh=True)
                 # Every epoch by default; cfg.checkpoint_seconds > 0 saves at most that often (and
@@ -588,7 +299,7 @@ def fit_task(
                     "settings": settings, "epoch": epoch + 1, "epochs": epochs, "history": history,
                     best_key: best["value"], tie_key: best["tie"], "best_epoch": best["epoch"],
                     "model": best["state"],
-                    "train": {"model": _cpu_state(model), "optimizer": optimizer.state_dict(),
+                    "train": {"model": cpu_state(model), "optimizer": optimizer.state_dict(),
                               "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None,
                               "step": step, "rng": _rng_state(generator, device)},
                 })

@@ -1,4 +1,4 @@
-"""Tests for helpers.training: fit history, learning, EMA math, exact resume, TTA, the FixMatch branch."""
+"""Tests for helpers.engine, helpers.ema and helpers.classification: fit history, learning, EMA math, exact resume, TTA, the FixMatch branch."""
 from __future__ import annotations
 
 import math
@@ -7,10 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-import helpers.training as training
+import helpers.engine as engine
 from helpers.cache import CachedImages
+from helpers.classification import evaluate, fit, predict_proba
 from helpers.config import Config
-from helpers.training import EMA, evaluate, fit, lr_at, predict_proba
+from helpers.ema import EMA
+from helpers.engine import lr_at
 
 from .resume import assert_identical_runs, crash_after_saves
 
@@ -226,8 +228,8 @@ def test_fixmatch_branch_logs_mask_rate(tmp_path):
 
 def test_checkpoint_seconds_throttles_saves_but_keeps_the_last_epoch(tmp_path, monkeypatch):
     saved = []
-    real_save = training.save_checkpoint
-    monkeypatch.setattr(training, "save_checkpoint", lambda path, payload: saved.append(payload["epoch"]) or real_save(path, payload))
+    real_save = engine.save_checkpoint
+    monkeypatch.setattr(engine, "save_checkpoint", lambda path, payload: saved.append(payload["epoch"]) or real_save(path, payload))
     fit(_tiny(), _data(), _data(16, seed=1), _cfg(tmp_path, epochs=3, checkpoint_seconds=1e9), run_name="slow", progress=False)
     assert saved == [3]
     saved.clear()
