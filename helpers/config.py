@@ -50,6 +50,7 @@ class Config:
     # segmentation
     seg_epochs: int = 40
     seg_lr: float = 2e-3
+    mask_method: str = "fg+class"  # the shipped masks (helpers.mask_prediction.METHODS); picks the U-Net's best epoch
     # run
     seed: int = 0
     checkpoint_seconds: float = 0.0  # 0: checkpoint after every epoch; > 0: at most that often (+ last epoch)

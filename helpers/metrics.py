@@ -1,4 +1,4 @@
-"""Scores: classification accuracy, confusion matrix, and the ImageNet-S segmentation mIoU."""
+"""Scores: classification accuracy, confusion matrix, per-class precision / recall / F1, and the ImageNet-S mIoU."""
 from __future__ import annotations
 
 import json
@@ -59,6 +59,18 @@ def confusion_matrix(pred: Any, true: Any, num_classes: int) -> np.ndarray:
                              f"got {x.min()}..{x.max()}")
     counts = np.bincount(true * num_classes + pred, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
+
+
+def per_class_report(pred: Any, true: Any, num_classes: int) -> dict[str, np.ndarray]:
+    """Per class: precision, recall, F1 and support (true count); a class never predicted has precision 0."""
+    cm = confusion_matrix(pred, true, num_classes)
+    tp = np.diagonal(cm).astype(np.float64)
+    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
 
 
 def segmentation_counts(pred_ids: Any, true_ids: Any, num_classes: int,

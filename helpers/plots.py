@@ -1,4 +1,4 @@
-"""Pictures: image grids with mask overlays, training curves, confusion matrices, a widget browser."""
+"""Pictures: image grids with mask overlays and a class legend, training curves, confusion matrices, a widget browser."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -12,10 +12,26 @@ IGNORE_COLOR = np.array([255, 255, 255], dtype=np.uint8)
 
 
 def palette(num_ids: int) -> np.ndarray:
-    """A fixed colour per class index (0 = background, black); num_ids x 3 uint8."""
-    cmap = plt.get_cmap("tab20")
-    colors = [(0, 0, 0)] + [tuple(int(255 * c) for c in cmap(i % 20)[:3]) for i in range(num_ids - 1)]
+    """A fixed colour per class index (0 = background, black); num_ids x 3 uint8, 60 distinct colours then repeats."""
+    table = [plt.get_cmap(name)(i)[:3] for name in ("tab20", "tab20b", "tab20c") for i in range(20)]
+    colors = [(0, 0, 0)] + [tuple(int(255 * c) for c in table[i % len(table)]) for i in range(num_ids - 1)]
     return np.array(colors, dtype=np.uint8)
+
+
+def add_class_legend(fig, masks: Sequence, class_names: Sequence[str], ncol: int = 5) -> None:
+    """A figure legend with the colour of every class that occurs in `masks` (index maps), plus the ignore band."""
+    from matplotlib.patches import Patch
+
+    present: set[int] = set()
+    for m in masks:
+        if m is not None:
+            values = np.unique(m.cpu().numpy() if hasattr(m, "cpu") else np.asarray(m))
+            present.update(int(v) for v in values if 0 < v <= len(class_names))
+    colors = palette(len(class_names) + 1) / 255.0
+    handles = [Patch(color=colors[v], label=class_names[v - 1]) for v in sorted(present)]
+    handles.append(Patch(facecolor=IGNORE_COLOR / 255.0, edgecolor="gray", label="ignore band"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(ncol, len(handles)), fontsize=8,
+               bbox_to_anchor=(0.5, -0.02 - 0.035 * ((len(handles) - 1) // ncol)), frameon=False)
 
 
 def overlay(image: np.ndarray, index_mask: np.ndarray, num_classes: int, alpha: float = 0.55) -> np.ndarray:
@@ -42,8 +58,14 @@ def _to_hwc(image) -> np.ndarray:
 
 
 def show_grid(images: Sequence, masks: Sequence | None = None, titles: Sequence[str] | None = None,
-              num_classes: int | None = None, ncols: int = 6, size: float = 2.2, title_colors=None):
-    """Show images (CHW tensors, HWC arrays or PIL images) in a grid, masks blended over them."""
+              num_classes: int | None = None, ncols: int = 6, size: float = 2.2, title_colors=None,
+              class_names: Sequence[str] | None = None):
+    """Show images (CHW tensors, HWC arrays or PIL images) in a grid, masks blended over them.
+
+    With `class_names` (and masks), a legend names the colour of each class shown.
+    """
+    if class_names is not None and num_classes is None:
+        num_classes = len(class_names)
     n = len(images)
     nrows = max(1, (n + ncols - 1) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.05), squeeze=False)
@@ -60,6 +82,8 @@ def show_grid(images: Sequence, masks: Sequence | None = None, titles: Sequence[
             color = title_colors[i] if title_colors is not None else "black"
             ax.set_title(titles[i], fontsize=8, color=color)
     fig.tight_layout()
+    if class_names is not None and masks is not None:
+        add_class_legend(fig, masks, class_names)
     return fig
 
 
@@ -73,7 +97,8 @@ def show_samples(samples: Sequence, class_names: Sequence[str], with_masks: bool
         images.append(np.asarray(load_image(s.image)))
         masks.append(ids_to_index(read_mask(s.mask), num_classes, s.mask) if with_masks and s.mask else None)
         titles.append(class_names[s.label] if s.label >= 0 else s.key)
-    return show_grid(images, masks, titles, num_classes=num_classes, ncols=ncols)
+    return show_grid(images, masks, titles, num_classes=num_classes, ncols=ncols,
+                     class_names=class_names if with_masks else None)
 
 
 def plot_history(history: Sequence[dict], title: str = ""):

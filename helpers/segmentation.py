@@ -24,7 +24,7 @@ from .data import DatasetIndex
 from .engine import FitResult, TrainTask, fit_task
 from .hardware import autocast, resolve, to_layout
 from .augment import weak_augment
-from .mask_prediction import model_inputs, resize_maps, segmenter_classes
+from .mask_prediction import METHODS, masks_from_predictions, model_inputs, resize_maps, segmenter_classes
 from .masks import IGNORE_INDEX, index_to_ids
 from .metrics import SegmentationScore, segmentation_counts
 from .models import DEFAULT_DECODER_CHANNELS, UNet, model_spec, unet_from_spec
@@ -122,17 +122,25 @@ def _check_masks(data: CachedImages, num_classes: int, what: str) -> None:
 
 
 class SegmentationTask(TrainTask):
-    """segmentation_loss on weakly augmented image + mask pairs; validation mIoU at the cache resolution."""
+    """segmentation_loss on weakly augmented image + mask pairs; the best epoch by the shipped mask method's mIoU.
+
+    Validation (at the cache resolution) scores every mask method of helpers.mask_prediction it can
+    (`val_miou_<method>`); `val_miou`, which picks the best epoch, is the one of `method`: the
+    masks that will be shipped. "fg+class" and "fusion" take the image class from `class_probs`,
+    the classifier's probabilities for the validation images.
+    """
 
     metric = "val_miou"
     tie_break = "val_loss"
-    val_keys = ("val_loss", "val_miou", "val_fg_iou")
+    val_keys = ("val_loss", "val_miou", "val_fg_iou", *(f"val_miou_{m}" for m in METHODS))
     num_stats = 3  # loss*n, correct pixels, valid pixels
 
     def __init__(self, train: CachedImages, val: CachedImages | None, cfg: Config, num_classes: int,
-                 fg_weight: float = 1.0, dice_weight: float = 1.0):
+                 fg_weight: float = 1.0, dice_weight: float = 1.0, method: str = "pixel",
+                 class_probs: Tensor | None = None):
         self.train, self.val, self.cfg, self.num_classes = train, val, cfg, int(num_classes)
         self.fg_weight, self.dice_weight = float(fg_weight), float(dice_weight)
+        self.method, self.class_probs = method, class_probs
         self.size = int(cfg.image_size)
         self._train = self._val = None
 
@@ -146,7 +154,7 @@ class SegmentationTask(TrainTask):
             "weight_decay": float(cfg.weight_decay), "batch_size": int(cfg.batch_size),
             "image_size": int(cfg.image_size), "ema_decay": float(cfg.ema_decay),
             "warmup_epochs": int(cfg.warmup_epochs), "grad_clip": float(cfg.grad_clip), "seed": int(cfg.seed),
-            "fg_weight": self.fg_weight, "dice_weight": self.dice_weight,
+            "fg_weight": self.fg_weight, "dice_weight": self.dice_weight, "mask_method": self.method,
             "num_train": len(self.train), "train_fingerprint": _masks_fingerprint(self.train),
         }
 
@@ -186,8 +194,8 @@ class SegmentationTask(TrainTask):
     def validate(self, model: nn.Module) -> dict:
         if self._val is None:
             return {k: float("nan") for k in self.val_keys}
-        return validate_segmenter(model, self._val, self.cfg, fg_weight=self.fg_weight,
-                                  dice_weight=self.dice_weight)
+        return validate_segmenter(model, self._val, self.cfg, method=self.method, class_probs=self.class_probs,
+                                  fg_weight=self.fg_weight, dice_weight=self.dice_weight)
 
 
 def fit_segmenter(
@@ -197,45 +205,67 @@ def fit_segmenter(
     cfg: Config,
     *,
     run_name: str,
+    val_class_probs: Tensor | None = None,
+    method: str | None = None,
     epochs: int | None = None,
     resume: bool = True,
     progress: bool = True,
     fg_weight: float = 1.0,
     dice_weight: float = 1.0,
 ) -> FitResult:
-    """Train a U-Net on cached images + masks (cfg.seg_lr, cfg.seg_epochs); best epoch by val mIoU; resumable.
+    """Train a U-Net on cached images + masks (cfg.seg_lr, cfg.seg_epochs); best epoch by the mask method's val mIoU.
 
-    Checkpoint cfg.run_dir / f"{run_name}.pt" every epoch (model_spec with kind="unet"); resume as
-    in classification.fit. History: train_loss, train_pixel_acc, val_loss, val_miou, val_fg_iou, lr,
-    seconds, images_per_s, data_share. The result's metric is "val_miou" (best_value; best_val_acc
-    is NaN). The passed model is trained in place and finally holds the best weights.
+    method: the mask method whose validation mIoU picks the best epoch (default cfg.mask_method).
+    val_class_probs: the classifier's probabilities [N_val, C] for the validation images, which
+      "fg+class" (required) and "fusion" use for the image class.
+    Checkpoint cfg.run_dir / f"{run_name}.pt" (model_spec with kind="unet"); resume as in
+    classification.fit. History: train_loss, train_pixel_acc, val_loss, val_miou (of `method`),
+    val_miou_<each method>, val_fg_iou, lr, seconds, images_per_s, data_share. The passed model is
+    trained in place and finally holds the best weights.
     """
     spec = getattr(model, "spec", None)
     if not isinstance(spec, dict) or spec.get("kind") != KIND:
         raise ValueError("fit_segmenter: the model carries no segmenter spec (.spec with kind='unet'), so "
                          "its checkpoint could not be reloaded; build it with new_segmenter")
     num_classes = segmenter_classes(model)
+    method = method or cfg.mask_method
+    if method not in METHODS:
+        raise ValueError(f"unknown mask method {method!r} (cfg.mask_method / IMSUB_MASK_METHOD); "
+                         f"choose one of {', '.join(METHODS)}")
     if len(train) == 0:
         raise ValueError("fit_segmenter: the training set is empty")
     _check_masks(train, num_classes, "training")
-    if val is not None and len(val):
+    has_val = val is not None and len(val) > 0
+    if has_val:
         _check_masks(val, num_classes, "validation")
-    task = SegmentationTask(train, val, cfg, num_classes, fg_weight, dice_weight)
+        if val_class_probs is not None and tuple(val_class_probs.shape) != (len(val), num_classes):
+            raise ValueError(f"fit_segmenter: val_class_probs has shape {tuple(val_class_probs.shape)}, "
+                             f"expected ({len(val)}, {num_classes}): the classifier's probabilities of the val images")
+        if method == "fg+class" and val_class_probs is None:
+            raise ValueError("fit_segmenter: method 'fg+class' picks the best epoch with the classifier's image "
+                             "classes; pass val_class_probs (classification.predict_proba on the val images)")
+    task = SegmentationTask(train, val, cfg, num_classes, fg_weight, dice_weight, method, val_class_probs)
     return fit_task(model, task, cfg, run_name=run_name, epochs=cfg.seg_epochs if epochs is None else epochs,
                     lr=cfg.seg_lr, resume=resume, progress=progress)
 
 
 @torch.no_grad()
-def validate_segmenter(model: nn.Module, data: CachedImages, cfg: Config, *, batch_size: int | None = None,
+def validate_segmenter(model: nn.Module, data: CachedImages, cfg: Config, *, method: str = "pixel",
+                       class_probs: Tensor | None = None, batch_size: int | None = None,
                        fg_weight: float = 1.0, dice_weight: float = 1.0) -> dict:
-    """val_loss, val_miou (argmax of the class map, ImageNet-S mIoU) and val_fg_iou (fg head > 0.5) at the cache size."""
+    """val_loss, val_miou (of `method`), val_miou_<m> per mask method, val_fg_iou (fg head > 0.5), at the cache size.
+
+    Every mIoU is the ImageNet-S one over the validation set. Methods that need the image class
+    ("fg+class") are NaN without `class_probs`.
+    """
     if data.masks is None:
         raise ValueError("validate_segmenter: the images carry no masks")
     num_classes = segmenter_classes(model)
     device, amp, channels_last = resolve(cfg)
     batch_size = batch_size or max(1, int(cfg.batch_size))
     size = data.size
-    score = SegmentationScore(num_classes)
+    methods = [m for m in METHODS if class_probs is not None or m != "fg+class"]
+    scores = {m: SegmentationScore(num_classes) for m in methods}
     loss_sum, fg_inter, fg_union = 0.0, 0, 0
     was_training = model.training
     model.eval()
@@ -252,14 +282,20 @@ def validate_segmenter(model: nn.Module, data: CachedImages, cfg: Config, *, bat
             pred_fg = (out["fg"][:, 0] > 0) & valid
             fg_inter += int((pred_fg & truth_fg).sum())
             fg_union += int((pred_fg | truth_fg).sum())
-            pred = out["seg"].argmax(dim=1).to(torch.int32).cpu().numpy()
-            true = index_to_ids(target.cpu()).numpy()
-            # one count over the whole batch: the images stacked into one tall map
-            score.add_counts(segmentation_counts(pred.reshape(-1, size), true.reshape(-1, size), num_classes))
+            fg_prob, cls_prob = torch.sigmoid(out["fg"][:, 0]), out["seg"].softmax(dim=1)
+            probs = None if class_probs is None else class_probs[start:start + x.shape[0]]
+            true = index_to_ids(target.cpu()).numpy().reshape(-1, size)
+            for m in methods:
+                pred = masks_from_predictions(fg_prob, cls_prob, probs, m).to(torch.int32).cpu().numpy()
+                # one count over the whole batch: the images stacked into one tall map
+                scores[m].add_counts(segmentation_counts(pred.reshape(-1, size), true, num_classes))
     finally:
         model.train(was_training)
-    return {"val_loss": loss_sum / max(1, len(data)), "val_miou": score.result()["miou"],
-            "val_fg_iou": fg_inter / fg_union if fg_union else float("nan")}
+    result = {"val_loss": loss_sum / max(1, len(data)),
+              "val_fg_iou": fg_inter / fg_union if fg_union else float("nan")}
+    result.update({f"val_miou_{m}": scores[m].result()["miou"] if m in scores else float("nan") for m in METHODS})
+    result["val_miou"] = result[f"val_miou_{method}"]
+    return result
 
 
 # ----------------------------------------------------------------------------- loss

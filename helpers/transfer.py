@@ -129,3 +129,14 @@ def load_encoder_weights(model: nn.Module, path: Path | str) -> EncoderLoadRepor
     except Exception as exc:  # noqa: BLE001 - any unpickling problem is reported with the file name
         raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True): {exc}") from exc
     return _load_trunk(_trunk_of(model), _state_from_file(obj, path), str(path))
+
+
+def compare_keys(source_state: Mapping[str, Tensor], target: nn.Module) -> dict[str, list[str]]:
+    """Which state-dict keys a transfer copies: {"matched", "source_only", "target_only"} (target: a UNet or ResNet)."""
+    trunk = _trunk_of(target)
+    prefix = "encoder." if isinstance(target, UNet) else ""
+    wanted = {k for k in trunk.state_dict() if k.startswith(TRUNK_PARAM_ROOTS)}
+    source = {_normalise_key(str(k)) for k in source_state}
+    matched = {prefix + k for k in wanted & source}
+    return {"matched": sorted(matched), "source_only": sorted(source - wanted),
+            "target_only": sorted(k for k in target.state_dict() if k not in matched)}

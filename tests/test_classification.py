@@ -235,3 +235,60 @@ def test_checkpoint_seconds_throttles_saves_but_keeps_the_last_epoch(tmp_path, m
     saved.clear()
     fit(_tiny(), _data(), _data(16, seed=1), _cfg(tmp_path, epochs=3), run_name="every", progress=False)
     assert saved == [1, 2, 3]
+
+
+def test_fixmatch_loss_uses_the_weak_views_confident_guesses():
+    from helpers.consistency import fixmatch_loss
+
+    weak = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 5.0]], requires_grad=True)
+    strong = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], requires_grad=True)
+    loss, mask, pseudo = fixmatch_loss(weak, strong, threshold=0.9)
+    assert pseudo.tolist() == [0, 1, 2] and mask.tolist() == [1.0, 0.0, 1.0]  # row 1 is unsure
+    ce = torch.nn.functional.cross_entropy(strong.detach(), torch.tensor([0, 1, 2]), reduction="none")
+    assert loss.item() == pytest.approx(float((ce[0] + ce[2]) / 3))  # mean over all, masked rows count 0
+    loss.backward()
+    assert weak.grad is None or torch.count_nonzero(weak.grad) == 0  # no gradient through the targets
+    assert torch.count_nonzero(strong.grad[1]) == 0 and torch.count_nonzero(strong.grad[0]) > 0
+    # the targets come from the weak view: swapping the views changes them
+    _, _, swapped = fixmatch_loss(strong, weak, threshold=0.0)
+    assert swapped.tolist() == [1, 0, 2]
+
+
+def test_augment_false_trains_on_the_plain_resized_images(tmp_path):
+    from helpers.augment import center_resize, normalize
+    from helpers.classification import ClassificationTask
+
+    cfg = _cfg(tmp_path)
+    data = _data(16, size=20)
+    plain = ClassificationTask(data, None, cfg, augment=False)
+    plain.to_device(torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    plain.start_epoch(1, 8, gen)
+    x, y, _ = plain.next_batch(0, 8, gen)
+    idx = plain.perm[:8]
+    torch.testing.assert_close(x, normalize(center_resize(data.images[idx], None, SIZE)[0]))
+    assert torch.equal(y, data.labels[idx])
+    augmented = ClassificationTask(data, None, cfg)
+    augmented.to_device(torch.device("cpu"))
+    augmented.start_epoch(1, 8, torch.Generator().manual_seed(0))
+    xa, _, _ = augmented.next_batch(0, 8, torch.Generator().manual_seed(0))
+    assert not torch.allclose(xa, x)
+    assert plain.settings()["augment"] is False and "augment" not in augmented.settings()
+    result = fit(_tiny(), data, None, cfg, run_name="noaug", augment=False, progress=False)
+    assert torch.load(result.checkpoint, weights_only=True)["settings"]["augment"] is False
+
+
+def test_extract_features_are_the_input_of_fc(tmp_path):
+    from helpers.classification import extract_features
+    from helpers.models import build_classifier
+
+    cfg = _cfg(tmp_path)
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", NUM_CLASSES, small_stem=True).eval()
+    data = _data(5)
+    feats = extract_features(model, data, cfg, batch_size=2)
+    assert feats.shape == (5, 512)
+    logits = model.fc(feats)
+    torch.testing.assert_close(logits.softmax(1), predict_proba(model, data, cfg, tta=False), rtol=1e-4, atol=1e-5)
+    with pytest.raises(TypeError, match="ResNet"):
+        extract_features(_tiny().features, data, cfg)

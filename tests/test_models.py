@@ -339,3 +339,16 @@ def test_count_parameters():
     assert count_parameters(model, trainable_only=True) == 4 + 8
     clf = build_classifier("resnet18", 10)
     assert count_parameters(clf) == 11_181_642  # torchvision resnet18 with a 10-way head
+
+
+def test_compare_keys_lists_what_a_transfer_copies():
+    from helpers.transfer import compare_keys
+
+    classifier = build_classifier("resnet18", 4)
+    unet = UNet("resnet18", 4, decoder_channels=(16, 16, 8, 8))
+    keys = compare_keys(classifier.state_dict(), unet)
+    assert keys["source_only"] == ["fc.bias", "fc.weight"]
+    assert len(keys["matched"]) == len(classifier.state_dict()) - 2
+    assert all(k.startswith("encoder.") for k in keys["matched"])
+    assert set(keys["matched"]) | set(keys["target_only"]) == set(unet.state_dict())
+    assert all(k.startswith(("decoder.", "fg_head.", "seg_head.")) for k in keys["target_only"])

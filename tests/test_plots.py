@@ -27,3 +27,18 @@ def test_browse_draws_a_page_per_slider_position(tmp_path):
     second = bytes(picture.value)
     assert second.startswith(PNG_MAGIC) and second != first
     assert len(matplotlib.pyplot.get_fignums()) == 0, "browse must close the figures it draws"
+
+
+def test_show_grid_legend_names_the_classes_shown():
+    import torch
+
+    images = [np.zeros((8, 8, 3), dtype=np.uint8)] * 2
+    second = torch.zeros(8, 8, dtype=torch.uint8)
+    second[0, :4], second[4:] = 255, 3
+    masks = [np.full((8, 8), 2, dtype=np.uint8), second]
+    fig = plots.show_grid(images, masks, class_names=["cat", "dog", "fox", "owl"])
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert labels == ["dog", "fox", "ignore band"]  # ids 2 and 3: classes 1 and 2; no background entry
+    colors = plots.palette(61)
+    assert len({tuple(c) for c in colors[1:]}) == 60  # 60 distinct class colours before they repeat
+    matplotlib.pyplot.close("all")

@@ -19,7 +19,7 @@ from helpers.masks import IGNORE_ID, write_mask
 from helpers.models import build_classifier, model_spec
 from helpers.mask_prediction import (_prune_probability_channels, evaluate_segmentation, masks_from_predictions,
                                      predict_masks_original, predict_segmentation, resize_to_original)
-from helpers.segmentation import fit_segmenter, load_segmenter, new_segmenter
+from helpers.segmentation import fit_segmenter, load_segmenter, new_segmenter, validate_segmenter
 
 from .resume import assert_identical_runs, crash_after_saves
 
@@ -41,7 +41,7 @@ def _one_thread():
 def _cfg(tmp_path, **kw) -> Config:
     values = dict(preset="smoke", image_size=SIZE, batch_size=8, seg_epochs=2, warmup_epochs=0, seg_lr=0.05,
                   weight_decay=5e-4, optimizer="sgd", ema_decay=0.0, grad_clip=5.0, arch="resnet18",
-                  small_stem=True, device="cpu", run_dir=Path(tmp_path) / "runs", seed=0)
+                  small_stem=True, device="cpu", run_dir=Path(tmp_path) / "runs", seed=0, mask_method="pixel")
     values.update(kw)
     return Config(**values)
 
@@ -153,6 +153,45 @@ def test_resume_gives_identical_continuation(tmp_path, monkeypatch):
     changed.masks[3] = 0
     with pytest.raises(ValueError, match="images or labels changed"):
         fit_segmenter(_segmenter(crash_cfg), changed, val, crash_cfg, run_name="r", progress=False)
+
+
+def test_best_epoch_follows_the_shipped_mask_method(tmp_path):
+    train, val = _squares(16), _squares(6, seed=1)
+    right = torch.nn.functional.one_hot(val.labels, NUM_CLASSES).float() * 0.8 + 0.1
+    cfg = _cfg(tmp_path, seg_epochs=4, mask_method="fusion")
+    result = fit_segmenter(_segmenter(cfg), train, val, cfg, run_name="fusion", val_class_probs=right,
+                           progress=False)
+    for h in result.history:
+        assert h["val_miou"] == h["val_miou_fusion"]
+        for m in ("pixel", "fg+class", "fusion"):
+            assert 0 <= h[f"val_miou_{m}"] <= 1, m
+    assert result.best_value == max(h["val_miou_fusion"] for h in result.history)
+    assert torch.load(result.checkpoint, weights_only=True)["settings"]["mask_method"] == "fusion"
+    # another method is another run: a resume is refused, naming the setting
+    with pytest.raises(ValueError, match="mask_method"):
+        fit_segmenter(_segmenter(cfg), train, val, cfg, run_name="fusion", val_class_probs=right,
+                      method="pixel", progress=False)
+    with pytest.raises(ValueError, match="val_class_probs"):
+        fit_segmenter(_segmenter(cfg), train, val, cfg, run_name="x", method="fg+class", progress=False)
+    with pytest.raises(ValueError, match="unknown mask method"):
+        fit_segmenter(_segmenter(cfg), train, val, cfg, run_name="x", method="best", progress=False)
+
+
+def test_validation_scores_methods_with_the_classifier_probabilities(tmp_path):
+    cfg = _cfg(tmp_path)
+    val = _squares(6, seed=3, ignore_row=False)
+    right = torch.nn.functional.one_hot(val.labels, NUM_CLASSES).float()
+    wrong = 1.0 - right  # every image's class wrong, with full confidence
+    good = validate_segmenter(Oracle(), val, cfg, method="fg+class", class_probs=right)
+    assert good["val_miou"] == good["val_miou_fg+class"] == pytest.approx(1.0)
+    assert good["val_miou_pixel"] == pytest.approx(1.0)
+    bad = validate_segmenter(Oracle(), val, cfg, method="fg+class", class_probs=wrong)
+    assert bad["val_miou_fg+class"] < 0.5  # the objects get the wrong class
+    assert bad["val_miou_pixel"] == pytest.approx(1.0)  # the pixel map ignores the classifier
+    # fusion: the classifier's probabilities times the seg head's vote; the oracle's vote is certain
+    assert bad["val_miou_fusion"] < 0.5 < good["val_miou_fusion"]
+    none = validate_segmenter(Oracle(), val, cfg, method="pixel")
+    assert math.isnan(none["val_miou_fg+class"]) and none["val_miou"] == pytest.approx(1.0)
 
 
 def test_fit_segmenter_rejects_bad_masks(tmp_path):
