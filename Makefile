@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# The main job: notebooks 00 -> 04 executed headless (executed copies in build/notebooks), ending in
+# The main job: the numbered notebooks executed headless (executed copies in build/notebooks), ending in
 # submission/submission.zip and a one-screen summary. `make run PRESET=gpu` on a GPU machine.
 PRESET ?= cpu
 run: venv

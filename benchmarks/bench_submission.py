@@ -1,4 +1,4 @@
-"""Benchmark: write (and validate) a full-size submission of 752 masks, as 04_submission does.
+"""Benchmark: write (and validate) a full-size submission of 752 masks, as 05_submission does.
 
     python benchmarks/bench_submission.py [--images 752] [--height 375] [--width 500]
 

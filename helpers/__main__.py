@@ -9,12 +9,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m helpers`."""
     parser = argparse.ArgumentParser(prog="python -m helpers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the notebooks 00 -> 04 headless and print a summary")
+    run = sub.add_parser("run", help="run the numbered notebooks headless, in order and print a summary")
     run.add_argument("--preset", default=None, choices=["smoke", "cpu", "gpu"],
                      help="default: $IMSUB_PRESET, else gpu with CUDA and cpu without")
     run.add_argument("--data-root", default=None, help="dataset in the challenge layout (default: found, else demo)")
     run.add_argument("--out", default=None, help="folder for runs/, cache/, submission/ (default: the repository)")
-    run.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 03,04")
+    run.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 04,05")
     summary = sub.add_parser("summary", help="print the summary of a finished run")
     summary.add_argument("--run-dir", default=None, help="default: runs/<preset> of the current config")
     args = parser.parse_args(argv)

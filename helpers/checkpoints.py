@@ -8,9 +8,9 @@ import torch
 
 # Who writes a checkpoint, by the first word of its file name (the run_name); used in error messages.
 _PRODUCERS = {
-    "classifier_pseudo": "notebooks/02_pseudo_labeling.ipynb (or `python -m helpers run`)",
+    "classifier_pseudo": "notebooks/03_pseudo_labeling.ipynb (or `python -m helpers run`)",
     "classifier": "notebooks/01_classifier_baseline.ipynb (or `python -m helpers run`)",
-    "unet": "notebooks/03_unet_segmentation.ipynb (or `python -m helpers run`)",
+    "unet": "notebooks/04_unet_segmentation.ipynb (or `python -m helpers run`)",
 }
 
 

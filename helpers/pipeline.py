@@ -131,5 +131,5 @@ def load_record(cfg: Config) -> dict:
 
 
 def chosen_classifier(cfg: Config) -> str:
-    """The classifier run the earlier notebooks chose (the baseline if 02 has not run)."""
+    """The classifier run the earlier notebooks chose (the baseline if 03 has not run)."""
     return load_record(cfg).get("classifier", BASELINE_RUN)

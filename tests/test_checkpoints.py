@@ -56,9 +56,9 @@ def test_other_class_count_names_the_file(tmp_path):
 def test_missing_file_says_who_writes_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"classifier_baseline\.pt not found.*01_classifier_baseline"):
         load_checkpoint(tmp_path / "classifier_baseline.pt")
-    with pytest.raises(FileNotFoundError, match=r"02_pseudo_labeling"):
+    with pytest.raises(FileNotFoundError, match=r"03_pseudo_labeling"):
         load_checkpoint(tmp_path / "classifier_pseudo_r1.pt")
-    with pytest.raises(FileNotFoundError, match=r"03_unet_segmentation"):
+    with pytest.raises(FileNotFoundError, match=r"04_unet_segmentation"):
         load_checkpoint(tmp_path / "unet_from_classifier.pt")
     with pytest.raises(FileNotFoundError, match=r"my_run\.pt.*run_name='my_run'"):
         load_checkpoint(tmp_path / "my_run.pt")
