@@ -10,7 +10,7 @@ The map: one module per concern, in the order the notebooks meet them.
       cache            the decoded-image cache: uint8 tensors per split and size, rebuilt when the source changes
       stats            dataset statistics for notebook 00
     Models and training
-      augment          batched on-device augmentation: affine warp (image and mask alike), colour, RandAugment, cutout
+      augment          batched on-device augmentation: affine warp (image and mask alike), colour, RandAugment, cutout, blur
       models           the ResNet classifier and the U-Net on the same ResNet trunk
       transfer         encoder transfer between classifiers, U-Nets and weight files, with a load report
       engine           the training loop every model uses: schedule, mixed precision, best epoch, checkpoints, resume

@@ -214,8 +214,12 @@ def color_jitter(
     saturation: float = 0.3,
     hue: float = 0.05,
     generator: torch.Generator | None = None,
+    p: float = 1.0,
 ) -> Tensor:
-    """Per-sample brightness/contrast/saturation/hue jitter of float [0,1] images, fused into one 3x3 colour map."""
+    """Per-sample brightness/contrast/saturation/hue jitter of float [0,1] images, fused into one 3x3 colour map.
+
+    p: the share of samples jittered (each sample independently); the others pass unchanged.
+    """
     _check_images(images)
     _check_generator(generator)
     x = _to_float(images)
@@ -224,6 +228,10 @@ def color_jitter(
     cf = _uniform(b, max(0.0, 1 - contrast), 1 + contrast, generator)
     sf = _uniform(b, max(0.0, 1 - saturation), 1 + saturation, generator)
     hf = _uniform(b, -hue, hue, generator) * (2 * math.pi)
+    if p < 1.0:  # no extra draw at p = 1, so existing runs keep their random streams
+        skip = torch.rand(b, generator=generator) >= p
+        bf, cf, sf = (torch.where(skip, 1.0, f) for f in (bf, cf, sf))
+        hf = torch.where(skip, 0.0, hf)
     # brightness, contrast (blend with the mean luma), saturation (blend with luma) and hue (YIQ
     # rotation) are all linear, so they compose into out = A @ x + t (no clamping in between).
     luma = torch.tensor(_LUMA)
@@ -353,6 +361,52 @@ def cutout(images: Tensor, frac: float = 0.35, generator: torch.Generator | None
     return x.masked_fill(inside, 0.5)
 
 
+def random_grayscale(images: Tensor, p: float = 0.2, generator: torch.Generator | None = None) -> Tensor:
+    """Each sample turned to gray (its luma in all three channels) with probability p."""
+    _check_images(images)
+    _check_generator(generator)
+    x = _to_float(images)
+    gray = _to_device(torch.rand(x.shape[0], generator=generator) < p, x, torch.bool).view(-1, 1, 1, 1)
+    return torch.where(gray, _gray(x).expand_as(x), x)
+
+
+def gaussian_blur(
+    images: Tensor,
+    sigma: tuple[float, float] = (0.1, 2.0),
+    p: float = 0.5,
+    kernel_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Per-sample Gaussian blur with sigma ~ U(sigma) pixels, applied with probability p (reflect padding).
+
+    kernel_size: odd side of the kernel; default about 10% of the image side (SimCLR's choice), at least 3.
+    One separable pass for the whole batch: a grouped convolution with one kernel per sample.
+    """
+    _check_images(images)
+    _check_generator(generator)
+    if not 0 < sigma[0] <= sigma[1]:
+        raise ValueError(f"augment: need 0 < sigma[0] <= sigma[1], got {sigma}")
+    x = _to_float(images)
+    b, c, h, w = x.shape
+    if kernel_size is None:
+        kernel_size = max(3, int(0.1 * min(h, w)) // 2 * 2 + 1)
+    if kernel_size % 2 == 0 or kernel_size < 1:
+        raise ValueError(f"augment: kernel_size must be a positive odd number, got {kernel_size}")
+    radius = min(kernel_size // 2, h - 1, w - 1)  # reflect padding needs radius < side
+    sigmas = _uniform(b, sigma[0], sigma[1], generator)
+    apply = torch.rand(b, generator=generator) < p
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernels = torch.exp(-0.5 * (offsets.view(1, -1) / sigmas.view(-1, 1)) ** 2)
+    kernels = kernels / kernels.sum(dim=1, keepdim=True)
+    identity = (offsets == 0).to(torch.float32).expand(b, -1)
+    kernels = torch.where(apply.view(-1, 1), kernels, identity)  # unblurred samples get a delta kernel
+    weight = _to_device(kernels, x).repeat_interleave(c, dim=0)  # [B*C, K]
+    y = x.reshape(1, b * c, h, w)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), weight.view(b * c, 1, 1, -1), groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), weight.view(b * c, 1, -1, 1), groups=b * c)
+    return y.view(b, c, h, w).clamp_(0.0, 1.0)
+
+
 # ----------------------------------------------------------------------------- training views
 def weak_augment(
     images: Tensor, masks: Tensor | None, size: int, generator: torch.Generator | None = None
@@ -370,3 +424,32 @@ def strong_augment(images: Tensor, size: int, generator: torch.Generator | None 
     x = rand_augment(x, num_ops=2, magnitude=0.9, generator=generator)
     x = cutout(x, 0.35, generator=generator)
     return normalize(x)
+
+
+def contrastive_view(
+    images: Tensor,
+    masks: Tensor | None,
+    size: int,
+    generator: torch.Generator | None = None,
+    *,
+    min_scale: float = 0.08,
+    strength: float = 1.0,
+    jitter_p: float = 0.8,
+    gray_p: float = 0.2,
+    blur_p: float = 0.5,
+) -> tuple[Tensor, Tensor | None]:
+    """One SimCLR view (Chen et al. 2020, appendix A) -> normalized images and masks (same geometry).
+
+    Resized crop (area min_scale..1, aspect 3/4..4/3) + flip; colour jitter of strength s
+    (brightness, contrast, saturation 0.8 s, hue 0.2 s) with probability jitter_p; grayscale with
+    gray_p; Gaussian blur with blur_p, kernel 10% of the side and sigma 0.1..2.0 px scaled by size/224
+    (the paper's blur is for 224 px views; this keeps its strength relative to the image).
+    """
+    x, m = random_resized_affine(images, masks, size, scale=(min_scale, 1.0), ratio=(3 / 4, 4 / 3),
+                                 generator=generator)
+    x = color_jitter(x, 0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength,
+                     generator=generator, p=jitter_p)
+    x = random_grayscale(x, gray_p, generator)
+    scale = size / 224
+    x = gaussian_blur(x, (0.1 * scale, 2.0 * scale), p=blur_p, generator=generator)
+    return normalize(x), m

@@ -338,3 +338,74 @@ def test_cuda_matches_cpu():
     s_gpu = A.strong_augment(images.cuda(), 24, generator=gen(1))
     assert s_gpu.device.type == "cuda"
     assert ((s_gpu.cpu() - s_cpu).abs() > 0.05).float().mean() < 0.01
+
+
+# ----------------------------------------------------------------------------- SimCLR views: blur, grayscale, jitter probability
+def test_color_jitter_p_leaves_the_other_samples_unchanged():
+    x = torch.rand(64, 3, 8, 8, generator=gen(0))
+    torch.testing.assert_close(A.color_jitter(x, 0.8, 0.8, 0.8, 0.2, generator=gen(1), p=0.0), x, atol=1e-5, rtol=0)
+    out = A.color_jitter(x, 0.8, 0.8, 0.8, 0.2, generator=gen(1), p=0.5)
+    unchanged = ((out - x).abs().flatten(1).amax(1) < 1e-5).float().mean()
+    assert 0.25 < unchanged < 0.75
+    # p = 1 draws nothing extra: the same output and generator state as before p existed
+    g1, g2 = gen(2), gen(2)
+    assert torch.equal(A.color_jitter(x, generator=g1), A.color_jitter(x, generator=g2, p=1.0))
+    assert torch.equal(g1.get_state(), g2.get_state())
+
+
+def test_random_grayscale():
+    x = torch.rand(64, 3, 6, 6, generator=gen(0))
+    torch.testing.assert_close(A.random_grayscale(x, 0.0, gen(1)), x)
+    all_gray = A.random_grayscale(x, 1.0, gen(1))
+    luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    for c in range(3):
+        torch.testing.assert_close(all_gray[:, c], luma)
+    some = A.random_grayscale(x, 0.3, gen(1))
+    gray = (some[:, 0] == some[:, 1]).flatten(1).all(1) & (some[:, 1] == some[:, 2]).flatten(1).all(1)
+    assert 0.1 < gray.float().mean() < 0.5
+    torch.testing.assert_close(some[~gray], x[~gray])
+
+
+def test_gaussian_blur_matches_torchvision_per_sample():
+    from torchvision.transforms.functional import gaussian_blur as tv_blur
+
+    x = torch.rand(6, 3, 20, 24, generator=gen(0))
+    out = A.gaussian_blur(x, (0.3, 2.0), p=1.0, kernel_size=5, generator=gen(1))
+    sigmas = torch.rand(6, generator=gen(1)) * 1.7 + 0.3  # the same draw as inside
+    for i in range(6):
+        ref = tv_blur(x[i:i + 1], kernel_size=[5, 5], sigma=[float(sigmas[i])] * 2)
+        torch.testing.assert_close(out[i:i + 1], ref, atol=1e-5, rtol=0)
+    # p = 0 is the identity; the default kernel is about 10% of the side, odd
+    torch.testing.assert_close(A.gaussian_blur(x, p=0.0, generator=gen(1)), x)
+    flat = torch.full((2, 3, 64, 64), 0.4)
+    torch.testing.assert_close(A.gaussian_blur(flat, p=1.0, generator=gen(2)), flat)
+    sharp = torch.zeros(1, 3, 64, 64)
+    sharp[..., 32, 32] = 1.0
+    spread = (A.gaussian_blur(sharp, (2.0, 2.0), p=1.0, generator=gen(3))[0, 0] > 1e-6).sum(1).amax()
+    assert spread == 7  # kernel side 7 = int(6.4) rounded to odd
+    with pytest.raises(ValueError, match="odd"):
+        A.gaussian_blur(x, kernel_size=4)
+
+
+def test_contrastive_views_of_one_image_differ_but_come_from_it_with_aligned_masks():
+    images, masks = block_scene(8, 48, 48, 8, seed=5)
+    # masks holding each image's index: a view's mask shows which source image its pixels came from
+    index_masks = torch.arange(8, dtype=torch.uint8).view(8, 1, 1).expand(8, 48, 48).contiguous()
+    g = gen(0)
+    v1, m1 = A.contrastive_view(images, index_masks, 32, g)
+    v2, m2 = A.contrastive_view(images, index_masks, 32, g)
+    assert v1.shape == v2.shape == (8, 3, 32, 32) and v1.dtype == torch.float32
+    for i in range(8):
+        assert set(m1[i].unique().tolist()) == {i} and set(m2[i].unique().tolist()) == {i}
+        assert (v1[i] - v2[i]).abs().mean() > 0.05, "the two views of an image must differ"
+    # colour, grayscale and blur move no pixel: the masks follow the crop alone, and with colour off
+    # each pixel's colour is still its mask's class
+    _, geometry_only = A.random_resized_affine(images, masks, 32, scale=(0.08, 1.0), generator=gen(1))
+    plain, pm = A.contrastive_view(images, masks, 32, gen(1), strength=0.0, gray_p=0.0, blur_p=0.0)
+    _, full_m = A.contrastive_view(images, masks, 32, gen(1))
+    assert torch.equal(pm, geometry_only) and torch.equal(full_m, geometry_only)
+    keep = uniform_neighbourhood(pm)
+    agree = (class_of_colour(A.denormalize(plain)) == pm.long())[keep].float().mean()
+    assert keep.sum() > 1000 and agree > 0.98
+    x = torch.empty(4, 3, 32, 32, dtype=torch.uint8, device="meta")
+    assert A.contrastive_view(x, None, 24, gen(0))[0].device.type == "meta"
