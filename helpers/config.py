@@ -47,6 +47,14 @@ class Config:
     pseudo_threshold: float = 0.8
     pseudo_max_per_class: int = 0  # 0: derived from the unlabeled count (2x the mean share per class)
     consistency_weight: float = 1.0  # weight of the FixMatch loss on unlabeled batches while retraining; 0: off
+    # self-supervised pretraining (notebook 02, helpers.selfsup: SimCLR)
+    init: str = "scratch"  # where later models start: "scratch" (random weights) or "ssl" (notebook 02's encoder)
+    ssl_epochs: int = 100
+    ssl_image_size: int = 0  # side of the pretraining views; 0: image_size
+    ssl_batch_size: int = 128  # images per step (2 views each); SimCLR wants large batches
+    ssl_lr: float = 1e-3  # AdamW, warmup + cosine as for the classifier
+    ssl_temperature: float = 0.2  # NT-Xent temperature
+    ssl_min_scale: float = 0.08  # smallest crop area of a view (SimCLR: 0.08)
     # segmentation
     seg_epochs: int = 40
     seg_lr: float = 2e-3
@@ -74,13 +82,13 @@ class Config:
 PRESETS: dict[str, dict] = {
     # seconds: used by the tests (pytest --nbval), tiny images and a couple of epochs
     "smoke": dict(image_size=32, epochs=2, pseudo_epochs=2, seg_epochs=2, batch_size=32,
-                  warmup_epochs=0),
+                  warmup_epochs=0, ssl_epochs=2, ssl_batch_size=32),
     # minutes on a 2-core laptop CPU: a real run on the demo data (`make run`)
     "cpu": dict(image_size=64, epochs=100, pseudo_epochs=60, seg_epochs=60, batch_size=32,
-                checkpoint_seconds=20.0),
+                checkpoint_seconds=20.0, ssl_epochs=40, ssl_image_size=48, ssl_batch_size=64),
     # a Colab T4 / Kaggle GPU: the full run on the real data (not yet timed on a GPU)
     "gpu": dict(image_size=160, epochs=150, pseudo_epochs=100, seg_epochs=100, batch_size=64,
-                ema_decay=0.999),
+                ema_decay=0.999, ssl_epochs=200, ssl_batch_size=256),
 }
 
 

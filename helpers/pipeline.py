@@ -74,13 +74,19 @@ def val_samples(cfg: Config, index: DatasetIndex) -> list[Sample]:
     return split_labeled(index.labeled, cfg.val_per_class, cfg.seed)[1]
 
 
-def new_classifier(cfg: Config, index: DatasetIndex) -> nn.Module:
-    """A fresh classifier for this config and data, its spec attached (optionally with local weights)."""
+def new_classifier(cfg: Config, index: DatasetIndex, encoder_from: str | os.PathLike | None = None) -> nn.Module:
+    """A fresh classifier for this config and data, its spec attached (optionally with local weights).
+
+    encoder_from: a weight file or checkpoint whose ResNet trunk starts the classifier (e.g.
+    selfsup.start_encoder(cfg), notebook 02's encoder); else cfg.encoder_weights if set. The fc
+    layer stays random; a file that does not fit raises an error naming it.
+    """
     model = build_classifier(cfg.arch, index.num_classes, small_stem=cfg.small_stem)
     model.spec = model_spec(cfg.arch, index.num_classes, cfg.small_stem, cfg.image_size, index.class_names)
-    if cfg.encoder_weights:
-        report = load_encoder_weights(model, cfg.encoder_weights)
-        print(f"loaded {report.loaded} tensors from {cfg.encoder_weights}")
+    source = encoder_from or cfg.encoder_weights
+    if source:
+        report = load_encoder_weights(model, source)
+        print(f"loaded {report.loaded} tensors from {source}")
     return model
 
 

@@ -76,7 +76,7 @@ def new_segmenter(cfg: Config, index: DatasetIndex, encoder_from: str | Path | N
                 raise ValueError(
                     f"checkpoint {path} is a {key}={src[key]!r} model but the config asks for "
                     f"{key}={model.spec[key]!r}; use the same arch and small_stem as the classifier")
-        report = load_encoder(model, state)  # raises when any encoder tensor is missing
+        report = load_encoder(model, state, f"checkpoint {path}")  # raises when any encoder tensor is missing
         unused = ", ".join(report.unexpected) if report.unexpected else "none"
         print(f"encoder: {report.loaded} tensors loaded from {path}; missing: none; unused: {unused}")
     elif cfg.encoder_weights:

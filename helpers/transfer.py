@@ -101,9 +101,12 @@ def _load_trunk(target: nn.Module, source: Mapping, what: str) -> EncoderLoadRep
     return EncoderLoadReport(missing=[], unexpected=unexpected, loaded=len(found))
 
 
-def load_encoder(unet: UNet, classifier_state: Mapping[str, Tensor]) -> EncoderLoadReport:
-    """Copy a classifier's trunk (params and BN buffers) into `unet.encoder`; fc.* is reported unused."""
-    return _load_trunk(unet.encoder, classifier_state, "classifier state")
+def load_encoder(unet: UNet, classifier_state: Mapping[str, Tensor], source: str = "classifier state") -> EncoderLoadReport:
+    """Copy a classifier's trunk (params and BN buffers) into `unet.encoder`; fc.* is reported unused.
+
+    source: how errors name the state (e.g. the checkpoint file it came from).
+    """
+    return _load_trunk(unet.encoder, classifier_state, source)
 
 
 def _state_from_file(obj: object, path: Path) -> Mapping:
