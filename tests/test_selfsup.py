@@ -153,6 +153,8 @@ def test_resume_gives_the_same_continuation(tmp_path, monkeypatch):
     assert [h["knn_acc"] for h in straight.history] == [h["knn_acc"] for h in resumed.history]
     with pytest.raises(ValueError, match="other run settings.*temperature"):
         selfsup.pretrain(_tiny(), images, _cfg(tmp_path / "b", ssl_epochs=4, ssl_temperature=0.5), progress=False)
+    with pytest.raises(ValueError, match="images or labels changed"):
+        selfsup.pretrain(_tiny(), _patterns(64, seed=7), crash_cfg, progress=False)
 
 
 def test_pretraining_images_leave_out_validation():
