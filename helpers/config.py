@@ -82,7 +82,7 @@ class Config:
 PRESETS: dict[str, dict] = {
     # seconds: used by the tests (pytest --nbval), tiny images and a couple of epochs
     "smoke": dict(image_size=32, epochs=2, pseudo_epochs=2, seg_epochs=2, batch_size=32,
-                  warmup_epochs=0, ssl_epochs=2, ssl_batch_size=32),
+                  warmup_epochs=0, ssl_epochs=2, ssl_image_size=24, ssl_batch_size=32),
     # minutes on a 2-core laptop CPU: a real run on the demo data (`make run`)
     "cpu": dict(image_size=64, epochs=100, pseudo_epochs=60, seg_epochs=60, batch_size=32,
                 checkpoint_seconds=20.0, ssl_epochs=40, ssl_image_size=48, ssl_batch_size=64),

@@ -120,6 +120,22 @@ def plot_history(history: Sequence[dict], title: str = ""):
     return fig
 
 
+def plot_embedding(ax, xy, labels, class_names: Sequence[str], marked=None, title: str = "") -> None:
+    """A 2-D picture of features (e.g. probes.pca_2d) on `ax`, one colour per class; `marked` points as stars."""
+    xy, labels = np.asarray(xy), np.asarray(labels)
+    marked = np.zeros(len(labels), dtype=bool) if marked is None else np.asarray(marked, dtype=bool)
+    colors = palette(len(class_names) + 1)[1:] / 255.0
+    for k, name in enumerate(class_names):
+        for is_marked, style in ((False, dict(marker="o", s=14, alpha=0.6)),
+                                 (True, dict(marker="*", s=90, edgecolors="black", linewidths=0.5))):
+            pick = (labels == k) & (marked == is_marked)
+            if pick.any():
+                ax.scatter(xy[pick, 0], xy[pick, 1], color=colors[k], label=None if is_marked else name, **style)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=10)
+
+
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], normalize: bool = True):
     """A confusion matrix (rows: true class, columns: predicted) with class names on the axes."""
     cm = np.asarray(cm, dtype=np.float64)

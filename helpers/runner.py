@@ -111,7 +111,9 @@ def run(preset: str, data_root: str | None = None, out: str | None = None,
 def format_summary(summary: dict) -> str:
     """The one-screen summary of a run: choices, validation and test scores, stage times."""
     lines = ["", "=" * 60, "Run summary", "=" * 60]
-    labels = [("baseline_val_acc", "baseline classifier, validation accuracy"),
+    labels = [("ssl_knn_acc", "self-supervised encoder, kNN accuracy (val)"),
+              ("ssl_probe_acc", "self-supervised encoder, linear probe (val)"),
+              ("baseline_val_acc", "baseline classifier, validation accuracy"),
               ("pseudo_val_acc", "after pseudo-labeling, validation accuracy"),
               ("pseudo_precision", "pseudo-label precision (demo truth)"),
               ("pseudo_coverage", "pseudo-label coverage"),

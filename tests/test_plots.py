@@ -42,3 +42,17 @@ def test_show_grid_legend_names_the_classes_shown():
     colors = plots.palette(61)
     assert len({tuple(c) for c in colors[1:]}) == 60  # 60 distinct class colours before they repeat
     matplotlib.pyplot.close("all")
+
+
+def test_plot_embedding_colours_points_by_class_and_stars_the_marked():
+    fig, ax = matplotlib.pyplot.subplots()
+    xy = np.array([[0, 0], [1, 1], [2, 2], [3, 3]], dtype=float)
+    plots.plot_embedding(ax, xy, [0, 1, 1, 0], ["cat", "dog"], marked=[False, False, True, True], title="t")
+    labels = [c.get_label() for c in ax.collections if not c.get_label().startswith("_")]
+    assert labels == ["cat", "dog"]  # one legend entry per class, none for the stars
+    sizes = sorted(len(c.get_offsets()) for c in ax.collections)
+    assert sizes == [1, 1, 1, 1] and len(ax.collections) == 4
+    colors = plots.palette(3)[1:] / 255.0
+    np.testing.assert_allclose(ax.collections[0].get_facecolor()[0][:3], colors[0])
+    assert ax.get_title() == "t"
+    matplotlib.pyplot.close("all")
