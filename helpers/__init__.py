@@ -15,6 +15,8 @@ The map: one module per concern, in the order the notebooks meet them.
       transfer         encoder transfer between classifiers, U-Nets and weight files, with a load report
       engine           the training loop every model uses: schedule, mixed precision, best epoch, checkpoints, resume
       ema              the exponential moving average of a model's weights
+      selfsup          SimCLR pretraining of the encoder from the images alone (notebook 02), `start_encoder` by cfg.init
+      probes           frozen-feature checks without training the network: kNN accuracy, linear probe, PCA
       classification   prediction, evaluation, features, and `fit` (the classifier's training task)
       consistency      the FixMatch consistency loss on unlabeled images
       pseudo           offline pseudo-labels: threshold, per-class cap, precision and coverage

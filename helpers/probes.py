@@ -16,16 +16,21 @@ from torch import Tensor, nn
 from .augment import center_resize, normalize
 from .cache import CachedImages
 from .config import Config
-from .hardware import autocast, resolve, to_layout
+from .hardware import amp_dtype, autocast, resolve, to_layout, use_channels_last
 
 
 @torch.no_grad()
 def features(encoder: nn.Module, images: CachedImages | Tensor, cfg: Config, size: int | None = None,
              batch_size: int | None = None) -> Tensor:
-    """The encoder's outputs [N, D] (CPU float32) for uint8 images resized to `size` (default cfg.image_size)."""
+    """The encoder's outputs [N, D] (CPU float32) for uint8 images resized to `size` (default cfg.image_size).
+
+    Runs where the encoder's weights are, with the mixed precision and layout cfg asks for there.
+    """
     data = images.images if isinstance(images, CachedImages) else images
     size = int(size or cfg.image_size)
-    device, amp, channels_last = resolve(cfg)
+    weight = next(encoder.parameters(), None)
+    device = weight.device if weight is not None else resolve(cfg)[0]
+    amp, channels_last = amp_dtype(cfg, device), use_channels_last(cfg, device)
     batch_size = batch_size or max(1, 2 * int(cfg.batch_size))
     was_training = encoder.training
     encoder.eval()

@@ -74,3 +74,10 @@ def test_features_are_the_encoders_outputs_at_the_requested_size(tmp_path):
     out = probes.features(Spy(), images, cfg, size=8)
     assert out.shape == (5, 3) and out.dtype == torch.float32
     assert seen == [(4, 3, 8, 8), (1, 3, 8, 8)]
+
+
+def test_features_run_where_the_encoder_is(tmp_path):
+    cfg = Config(preset="smoke", image_size=8, batch_size=4, device="cuda", run_dir=tmp_path)  # asks for a GPU
+    encoder = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())  # but lives on the CPU
+    out = probes.features(encoder, torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8), cfg)
+    assert out.shape == (3, 4) and out.device.type == "cpu"
