@@ -18,7 +18,7 @@ says, by cfg.init, which start the later notebooks use.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import math
 from pathlib import Path
 
 import torch
@@ -252,16 +252,8 @@ def start_encoder(cfg: Config, num_classes: int | None = None) -> Path | None:
         return None
     path = ssl_checkpoint(cfg)
     ckpt = check_encoder_file(cfg, path, num_classes)
-    knn = [h["knn_acc"] for h in ckpt.get("history", []) if h.get("knn_acc") == h.get("knn_acc")]
+    knn = [h["knn_acc"] for h in ckpt.get("history", []) if not math.isnan(h.get("knn_acc", math.nan))]
     shown = f", kNN accuracy {knn[-1]:.3f}" if knn else ""
     print(f"start: self-supervised encoder {path} (SimCLR, {ckpt.get('epoch')} epochs{shown})")
     return path
 
-
-def describe_views(cfg: Config) -> Sequence[str]:
-    """The view recipe of this config, one line per step, for the notebook."""
-    size = ssl_size(cfg)
-    return [f"random resized crop to {size} px, area {cfg.ssl_min_scale:g}..1 of the image, aspect 3/4..4/3, flip",
-            "colour jitter (brightness, contrast, saturation 0.8, hue 0.2) with probability 0.8",
-            "grayscale with probability 0.2",
-            f"Gaussian blur with probability 0.5, sigma {0.1 * size / 224:.2f}..{2.0 * size / 224:.2f} px"]
