@@ -44,9 +44,15 @@ class Config:
     # pseudo-labeling / consistency
     pseudo_rounds: int = 1
     pseudo_epochs: int = 40
-    pseudo_threshold: float = 0.8
+    pseudo_threshold: float = 0.8  # offline: the teacher's (flip-averaged) confidence needed to keep a pseudo-label
     pseudo_max_per_class: int = 0  # 0: derived from the unlabeled count (2x the mean share per class)
     consistency_weight: float = 1.0  # weight of the FixMatch loss on unlabeled batches while retraining; 0: off
+    consistency_threshold: str = "0.8"  # online (FixMatch): a probability, or "adaptive" (FreeMatch, per class)
+    threshold_momentum: float = 0.99  # EMA memory of the adaptive thresholds (the paper's 0.999 suits 10^6 steps)
+    unlabeled_ratio: int = 1  # unlabeled images per labeled image in a step (FixMatch's mu; the paper uses 7)
+    weak_view: str = "crop"  # the unlabeled weak view: "crop" (as the supervised one) or "flip_translate" (FixMatch)
+    distribution_alignment: bool = False  # ReMixMatch's alignment of the weak-view probabilities
+    ema_teacher: bool = False  # targets from the weight EMA's predictions (needs ema_decay > 0)
     # segmentation
     seg_epochs: int = 40
     seg_lr: float = 2e-3

@@ -292,3 +292,106 @@ def test_extract_features_are_the_input_of_fc(tmp_path):
     torch.testing.assert_close(logits.softmax(1), predict_proba(model, data, cfg, tta=False), rtol=1e-4, atol=1e-5)
     with pytest.raises(TypeError, match="ResNet"):
         extract_features(_tiny().features, data, cfg)
+
+
+def _unlabeled_batch(n: int = 6, seed: int = 3):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, SIZE, SIZE, generator=gen), torch.randn(n, 3, SIZE, SIZE, generator=gen)
+
+
+def test_step_loss_is_supervised_plus_weighted_consistency_from_the_weak_view(tmp_path):
+    """Fails if the unlabeled loss leaves the objective, or if the targets come from the strong view."""
+    from helpers.classification import ClassificationTask
+    from helpers.consistency import fixmatch_loss
+
+    cfg = _cfg(tmp_path, consistency_threshold="0.0")
+    data, unl = _data(8), _data(6, seed=2, labeled=False)
+    task = ClassificationTask(data, None, cfg, unl, unlabeled_weight=0.7, threshold=0.0, num_classes=NUM_CLASSES)
+    task.to_device(torch.device("cpu"))
+    model = _tiny(1).eval()  # eval: BatchNorm uses running statistics, so batch composition does not matter
+    x = torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0])
+    xw, xs = _unlabeled_batch()
+    loss, stats = task.step_loss(model, (x, y, (xw, xs, torch.arange(6))), channels_last=False)
+    with torch.no_grad():
+        expected_u, mask, _ = fixmatch_loss(model(xw), model(xs), 0.0)
+        expected = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing) + 0.7 * expected_u
+        from_strong, _, _ = fixmatch_loss(model(xs), model(xs), 0.0)
+    assert expected_u > 0 and not torch.isclose(expected_u, from_strong)
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    assert stats[2] == mask.sum() == 6
+
+
+def test_fit_returns_the_ema_weights(tmp_path):
+    """Fails if fit hands back the raw weights instead of their moving average."""
+    cfg = _cfg(tmp_path, epochs=3, ema_decay=0.5)
+    result = fit(_tiny(), _data(32), None, cfg, run_name="ema", progress=False)
+    ckpt = torch.load(result.checkpoint, weights_only=True)
+    ema_state, raw_state = ckpt["train"]["ema"]["model"], ckpt["train"]["model"]
+    assert any(not torch.equal(ema_state[k], raw_state[k]) for k in raw_state if raw_state[k].is_floating_point())
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(v, ema_state[k]), k
+
+
+def test_online_pseudo_label_diagnostics_read_the_given_truth(tmp_path):
+    cfg = _cfg(tmp_path, epochs=2)
+    unl = _data(40, seed=2, labeled=False)
+    truth = torch.arange(40) % NUM_CLASSES  # what _data's labels would be
+    result = fit(_tiny(), _data(32), None, cfg, run_name="diag", unlabeled=unl, threshold=0.0,
+                 unlabeled_truth=truth, progress=False)
+    for h in result.history:
+        assert 0 <= h["pseudo_acc"] <= 1 and h["mask_rate"] == pytest.approx(1.0) and h["threshold"] == 0.0
+    with pytest.raises(ValueError, match="unlabeled_truth has 3 labels for 40"):
+        fit(_tiny(), _data(32), None, cfg, run_name="bad", unlabeled=unl, unlabeled_truth=truth[:3], progress=False)
+
+
+def test_adaptive_threshold_follows_the_predictions():
+    from helpers.consistency import AdaptiveThreshold, consistency_loss
+
+    sat = AdaptiveThreshold(4, momentum=0.5)
+    torch.testing.assert_close(sat.thresholds(), torch.full((4,), 0.25))  # 1 / C at the start
+    probs = torch.tensor([[0.9, 0.1, 0.0, 0.0], [0.7, 0.1, 0.1, 0.1]])
+    th = sat.update(probs)
+    level = 0.5 * 0.25 + 0.5 * 0.8  # EMA of the mean top probability
+    share = 0.5 * 0.25 + 0.5 * torch.tensor([0.8, 0.1, 0.05, 0.05])
+    torch.testing.assert_close(th, level * share / share.max())
+    assert th[0] > th[1]  # the class the model favours needs more confidence
+    _, mask, pseudo = consistency_loss(probs, torch.zeros(2, 4), th)
+    assert pseudo.tolist() == [0, 0] and mask.tolist() == [1.0, 1.0]
+    again = AdaptiveThreshold(4)
+    again.load_state_dict(sat.state_dict())
+    torch.testing.assert_close(again.thresholds(), th)
+    with pytest.raises(ValueError, match="momentum"):
+        AdaptiveThreshold(4, momentum=1.0)
+
+
+def test_distribution_alignment_pulls_towards_the_target():
+    from helpers.consistency import DistributionAlignment
+
+    align = DistributionAlignment(2, momentum=0.0)  # running mean = this batch's mean
+    probs = torch.tensor([[0.9, 0.1], [0.7, 0.3]])  # mean [0.8, 0.2]: class 0 favoured
+    out = align(probs)
+    torch.testing.assert_close(out.sum(1), torch.ones(2))
+    assert out[:, 0].mean() < probs[:, 0].mean()  # class 0 down-weighted
+    expected = probs * torch.tensor([0.5 / 0.8, 0.5 / 0.2])
+    torch.testing.assert_close(out, expected / expected.sum(1, keepdim=True))
+
+
+def test_round_settings_are_checked(tmp_path):
+    unl = _data(8, seed=2, labeled=False)
+    with pytest.raises(ValueError, match="consistency threshold"):
+        fit(_tiny(), _data(16), None, _cfg(tmp_path), run_name="t", unlabeled=unl, threshold="high", progress=False)
+    with pytest.raises(ValueError, match="weak view"):
+        fit(_tiny(), _data(16), None, _cfg(tmp_path, weak_view="tiny"), run_name="t", unlabeled=unl, progress=False)
+    with pytest.raises(ValueError, match="ema_decay"):
+        fit(_tiny(), _data(16), None, _cfg(tmp_path, ema_teacher=True), run_name="t", unlabeled=unl, progress=False)
+
+
+def test_adaptive_round_with_alignment_and_paper_weak_view_runs(tmp_path):
+    cfg = _cfg(tmp_path, epochs=2, weak_view="flip_translate", distribution_alignment=True, unlabeled_ratio=2)
+    result = fit(_tiny(), _data(32), None, cfg, run_name="adaptive", unlabeled=_data(40, seed=2, labeled=False),
+                 threshold="adaptive", progress=False)
+    settings = torch.load(result.checkpoint, weights_only=True)["settings"]
+    assert settings["threshold"] == "adaptive" and settings["mu"] == 2 and settings["weak_view"] == "flip_translate"
+    for h in result.history:
+        assert 0 < h["threshold"] < 1 and 0 <= h["mask_rate"] <= 1
