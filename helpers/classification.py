@@ -156,6 +156,10 @@ class ClassificationTask(TrainTask):
             s["augment"] = False  # absent when on, so that earlier checkpoints still resume
         return s
 
+    def set_teacher(self, ema_model: nn.Module | None) -> None:
+        """With cfg.ema_teacher, the EMA model's weak-view predictions become the targets."""
+        self.teacher = ema_model if self.cfg.ema_teacher and self.unlabeled is not None else None
+
     def state_dict(self) -> dict:
         """The consistency part's running statistics (adaptive thresholds, alignment), for exact resume."""
         return {"adaptive": self.adaptive.state_dict() if self.adaptive else None,

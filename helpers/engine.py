@@ -168,6 +168,16 @@ class TrainTask:
     def release(self) -> None:
         """Drop the device copies made by `to_device`."""
 
+    def set_teacher(self, ema_model: nn.Module | None) -> None:
+        """Called once before training with the weight EMA's model (None without EMA); tasks may use it."""
+
+    def state_dict(self) -> dict:
+        """The task's own running state (e.g. adaptive thresholds), saved in checkpoints for exact resume."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+
     def start_epoch(self, steps: int, batch: int, generator: torch.Generator) -> None:
         """Draw the epoch's sample order from `generator`."""
         raise NotImplementedError
@@ -227,6 +237,7 @@ def fit_task(
     scaler = torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu",
                                   enabled=needs_grad_scaler(amp))
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    task.set_teacher(ema.model if ema is not None else None)
     generator = torch.Generator().manual_seed(int(cfg.seed))
 
     batch = min(int(cfg.batch_size), len(task))
@@ -252,6 +263,7 @@ def fit_task(
             scaler.load_state_dict(tr["scaler"])
         if ema is not None and tr.get("ema") is not None:
             ema.load_state_dict(tr["ema"])
+        task.load_state_dict(tr.get("task") or {})
         _set_rng_state(tr["rng"], generator)
         step, start_epoch = int(tr["step"]), int(ckpt["epoch"])
         history = list(ckpt["history"])
@@ -299,7 +311,7 @@ def fit_task(
                     "settings": settings, "epoch": epoch + 1, "epochs": epochs, "history": history,
                     best_key: best["value"], tie_key: best["tie"], "best_epoch": best["epoch"],
                     "model": best["state"],
-                    "train": {"model": cpu_state(model), "optimizer": optimizer.state_dict(),
+                    "train": {"model": cpu_state(model), "optimizer": optimizer.state_dict(), "task": task.state_dict(),
                               "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None,
                               "step": step, "rng": _rng_state(generator, device)},
                 })

@@ -395,3 +395,35 @@ def test_adaptive_round_with_alignment_and_paper_weak_view_runs(tmp_path):
     assert settings["threshold"] == "adaptive" and settings["mu"] == 2 and settings["weak_view"] == "flip_translate"
     for h in result.history:
         assert 0 < h["threshold"] < 1 and 0 <= h["mask_rate"] <= 1
+
+
+def test_adaptive_round_resumes_exactly_and_ema_teacher_gives_the_targets(tmp_path, monkeypatch):
+    from helpers.classification import ClassificationTask
+
+    unl = _data(40, seed=2, labeled=False)
+    kwargs = dict(unlabeled=unl, threshold="adaptive", progress=False)
+    straight_cfg = _cfg(tmp_path / "a", epochs=4, ema_decay=0.9, ema_teacher=True, distribution_alignment=True)
+    straight = fit(_tiny(), _data(40), _data(9, seed=1), straight_cfg, run_name="r", **kwargs)
+    crash_cfg = _cfg(tmp_path / "b", epochs=4, ema_decay=0.9, ema_teacher=True, distribution_alignment=True)
+    crash_after_saves(monkeypatch, lambda: fit(_tiny(), _data(40), _data(9, seed=1), crash_cfg, run_name="r", **kwargs))
+    ckpt = torch.load(tmp_path / "b" / "runs" / "r.pt", weights_only=True)
+    assert ckpt["train"]["task"]["adaptive"]["level"] > 0  # the thresholds' state is saved ...
+    resumed = fit(_tiny(seed=9), _data(40), _data(9, seed=1), crash_cfg, run_name="r", **kwargs)
+    assert_identical_runs(straight, resumed)  # ... and restored: the same continuation
+    assert [h["threshold"] for h in straight.history] == [h["threshold"] for h in resumed.history]
+
+    class Sure(nn.Module):  # a teacher certain that everything is class 2
+        def forward(self, x):
+            return torch.tensor([0.0, 0.0, 9.0]).expand(x.shape[0], 3)
+
+    truth = torch.full((40,), 2)
+    task = ClassificationTask(_data(8), None, crash_cfg, unl, num_classes=NUM_CLASSES, threshold=0.5,
+                              unlabeled_truth=truth)
+    task.to_device(torch.device("cpu"))
+    task.set_teacher(Sure())
+    xw, xs = _unlabeled_batch()
+    batch = (torch.zeros(2, 3, SIZE, SIZE), torch.tensor([0, 1]), (xw, xs, torch.arange(6)))
+    _, stats = task.step_loss(_tiny(5).eval(), batch, channels_last=False)
+    assert stats[2] == 6 and stats[4] == 6  # all six targets are the teacher's class 2
+    task.set_teacher(None)
+    assert task.teacher is None
