@@ -45,7 +45,8 @@ class Config:
     pseudo_rounds: int = 1
     pseudo_epochs: int = 40
     pseudo_threshold: float = 0.8  # offline: the teacher's (flip-averaged) confidence needed to keep a pseudo-label
-    pseudo_max_per_class: int = 0  # 0: derived from the unlabeled count (2x the mean share per class)
+    pseudo_max_per_class: int = 0  # > 0: at most this many pseudo-labels per class; 0: derived (pseudo_balance)
+    pseudo_balance: float = 0.0  # > 0: cap = this x the mean share of the images above the threshold; 0: 2x N / C
     consistency_weight: float = 1.0  # weight of the FixMatch loss on unlabeled batches while retraining; 0: off
     consistency_threshold: str = "0.8"  # online (FixMatch): a probability, or "adaptive" (FreeMatch, per class)
     threshold_momentum: float = 0.99  # EMA memory of the adaptive thresholds (the paper's 0.999 suits 10^6 steps)
