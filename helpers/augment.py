@@ -400,7 +400,22 @@ def paper_weak_augment(images: Tensor, size: int, generator: torch.Generator | N
 def strong_augment(images: Tensor, size: int, generator: torch.Generator | None = None) -> Tensor:
     """Strong (FixMatch) view: resized-crop affine + flip + jitter + rand_augment + cutout -> normalized images."""
     x, _ = random_resized_affine(images, None, size, scale=(0.35, 1.0), generator=generator)
+    return normalize(strong_colour(x, generator))
+
+
+def strong_colour(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """The strong view's pixel-wise part (jitter, rand_augment, cutout) of float [0,1] images: no geometry."""
     x = color_jitter(x, 0.4, 0.4, 0.4, 0.1, generator=generator)
     x = rand_augment(x, num_ops=2, magnitude=0.9, generator=generator)
-    x = cutout(x, 0.35, generator=generator)
-    return normalize(x)
+    return cutout(x, 0.35, generator=generator)
+
+
+def paired_views(images: Tensor, size: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """A weak and a strong view of each image with the SAME geometry (crop, flip), so pixels correspond.
+
+    For dense consistency (helpers.segmentation): the weak view's per-pixel guesses are targets for
+    the same pixels of the strong view, which only differs in colour and cutout. Both normalized.
+    """
+    x, _ = random_resized_affine(images, None, size, scale=(0.35, 1.0), generator=generator)
+    weak = color_jitter(x, 0.2, 0.2, 0.2, 0.02, generator=generator)
+    return normalize(weak), normalize(strong_colour(x, generator))

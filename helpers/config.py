@@ -57,6 +57,8 @@ class Config:
     # segmentation
     seg_epochs: int = 40
     seg_lr: float = 2e-3
+    seg_consistency_weight: float = 0.0  # > 0: the U-Net also learns from unlabeled images (dense consistency)
+    seg_consistency_threshold: float = 0.95  # confidence a pixel's weak-view guess needs to become a target
     mask_method: str = "fg+class"  # the shipped masks (helpers.mask_prediction.METHODS); picks the U-Net's best epoch
     # run
     seed: int = 0
