@@ -61,6 +61,7 @@ class Config:
     seg_consistency_threshold: float = 0.95  # confidence a pixel's weak-view guess needs to become a target
     mask_method: str = "fg+class"  # the shipped masks (helpers.mask_prediction.METHODS); picks the U-Net's best epoch
     # run
+    select_best_epoch: bool = True  # keep the epoch with the best validation score; False: the last (EMA) weights
     seed: int = 0
     checkpoint_seconds: float = 0.0  # 0: checkpoint after every epoch; > 0: at most that often (+ last epoch)
     device: str = ""  # "" picks cuda, then mps, then cpu

@@ -226,6 +226,8 @@ def fit_task(
     spec = spec_of(model, spec)
     base_lr = float(cfg.lr if lr is None else lr)
     settings = task.settings()
+    if not cfg.select_best_epoch:
+        settings["select_best_epoch"] = False  # absent when on, so that earlier checkpoints still resume
     path = Path(cfg.run_dir) / f"{run_name}.pt"
 
     if device.type == "cuda":
@@ -292,8 +294,8 @@ def fit_task(
                 record["seconds"] += time.perf_counter() - t0
                 history.append(record)
                 value, tie = record[task.metric], record[task.tie_break]
-                if math.isnan(value):
-                    improved = True  # no validation: the latest epoch is the best
+                if math.isnan(value) or not cfg.select_best_epoch:
+                    improved = True  # no validation, or a fixed schedule: the latest epoch is kept
                 else:
                     improved = value > best["value"] or (value == best["value"] and tie <= best["tie"])
                 if improved:

@@ -427,3 +427,15 @@ def test_adaptive_round_resumes_exactly_and_ema_teacher_gives_the_targets(tmp_pa
     assert stats[2] == 6 and stats[4] == 6  # all six targets are the teacher's class 2
     task.set_teacher(None)
     assert task.teacher is None
+
+
+def test_fixed_schedule_keeps_the_last_epoch(tmp_path):
+    data, val = _data(48), _data(12, seed=1)
+    cfg = _cfg(tmp_path, epochs=4, select_best_epoch=False)
+    result = fit(_tiny(), data, val, cfg, run_name="last", progress=False)
+    ckpt = torch.load(result.checkpoint, weights_only=True)
+    assert result.best_epoch == 4 and ckpt["settings"]["select_best_epoch"] is False
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(v, ckpt["train"]["model"][k]), k  # no EMA: the last weights themselves
+    with pytest.raises(ValueError, match="select_best_epoch"):  # the other rule is another run
+        fit(_tiny(), data, val, _cfg(tmp_path, epochs=4), run_name="last", progress=False)
