@@ -60,6 +60,7 @@ class Config:
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
     cache_dir: Path | None = None
     run_dir: Path | None = None  # checkpoints and logs of this preset
+    mirror_dir: Path | None = None  # a persistent folder (Drive, /kaggle/working) checkpoints are copied to
     submission_dir: Path | None = None
     notes: dict = field(default_factory=dict)
 
@@ -173,7 +174,7 @@ def _coerce(value: str, current, name: str):
     return value
 
 
-_PATH_FIELDS = {"data_root", "truth_root", "cache_dir", "run_dir", "submission_dir", "encoder_weights"}
+_PATH_FIELDS = {"data_root", "truth_root", "cache_dir", "run_dir", "mirror_dir", "submission_dir", "encoder_weights"}
 
 
 def get_config(preset: str | None = None, *, prepare_data: bool = True, **overrides) -> Config:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-import helpers.engine as engine
+import helpers.checkpoints as checkpoints
 from helpers.cache import CachedImages
 from helpers.classification import evaluate, fit, predict_proba
 from helpers.config import Config
@@ -150,7 +150,7 @@ def test_resume_gives_identical_continuation(tmp_path, monkeypatch):
 
     crash_cfg = _cfg(tmp_path / "b", epochs=4, ema_decay=ema_decay)
     crash_after_saves(monkeypatch, lambda: fit(_tiny(), train, val, crash_cfg, run_name="r", progress=False))
-    assert torch.load(tmp_path / "b" / "runs" / "r.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(tmp_path / "b" / "runs" / "r.resume.pt", weights_only=True)["epoch"] == 2
 
     # a differently initialised model: everything must come from the checkpoint
     resumed = fit(_tiny(seed=123), train, val, crash_cfg, run_name="r", progress=False)
@@ -168,9 +168,9 @@ def test_resume_refuses_other_settings_or_classes(tmp_path):
     cfg = _cfg(tmp_path, epochs=1)
     fit(_tiny(), _data(32), None, cfg, run_name="c", progress=False)
     path = tmp_path / "runs" / "c.pt"
-    with pytest.raises(ValueError, match=r"c\.pt.*other run settings.*lr"):
+    with pytest.raises(ValueError, match=r"c\.resume\.pt.*other run settings.*lr.*delete c\.pt and c\.resume\.pt"):
         fit(_tiny(), _data(32), None, _cfg(tmp_path, epochs=1, lr=0.5), run_name="c", progress=False)
-    with pytest.raises(ValueError, match=r"c\.pt.*trained for 3 classes but the data has 5"):
+    with pytest.raises(ValueError, match=r"c\.resume\.pt.*trained for 3 classes but the data has 5"):
         fit(_tiny(num_classes=5), _data(32), None, cfg, run_name="c", progress=False)
     with pytest.raises(ValueError, match="images or labels changed"):
         fit(_tiny(), _data(32, seed=7), None, cfg, run_name="c", progress=False)
@@ -228,8 +228,9 @@ def test_fixmatch_branch_logs_mask_rate(tmp_path):
 
 def test_checkpoint_seconds_throttles_saves_but_keeps_the_last_epoch(tmp_path, monkeypatch):
     saved = []
-    real_save = engine.save_checkpoint
-    monkeypatch.setattr(engine, "save_checkpoint", lambda path, payload: saved.append(payload["epoch"]) or real_save(path, payload))
+    real_save = checkpoints.TrainingFiles.save
+    monkeypatch.setattr(checkpoints.TrainingFiles, "save",
+                        lambda self, state, weights=None: saved.append(state["epoch"]) or real_save(self, state, weights))
     fit(_tiny(), _data(), _data(16, seed=1), _cfg(tmp_path, epochs=3, checkpoint_seconds=1e9), run_name="slow", progress=False)
     assert saved == [3]
     saved.clear()
