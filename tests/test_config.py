@@ -1,3 +1,5 @@
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,7 +65,8 @@ def test_no_data_falls_back_to_demo(monkeypatch, tmp_path):
     assert cfg.data_source == "demo"
     assert cfg.data_root == tmp_path / "data" / "demo" / "ImageNet-Subset"
     assert cfg.truth_root == tmp_path / "data" / "demo" / "truth"
-    assert cfg.run_dir == tmp_path / "runs" / "smoke"
+    assert cfg.run_dir == tmp_path / "runs" / cfg.dataset_tag / "smoke"
+    assert cfg.dataset_tag.startswith("demo-")
 
 
 def test_project_root_found_from_a_subfolder(monkeypatch):
@@ -78,3 +81,55 @@ def test_an_explicit_demo_dataset_keeps_its_truth(tmp_path):
     assert get_config("smoke", data_root=root).truth_root is None
     (tmp_path / "demo" / "demo_info.json").write_text("{}")
     assert get_config("smoke", data_root=root).truth_root == root.resolve().parent / "truth"
+
+
+def test_runs_are_kept_per_dataset(monkeypatch, tmp_path):
+    monkeypatch.setenv("IMSUB_ROOT", str(tmp_path / "repo"))
+    real = make_dataset(tmp_path / "a" / "ImageNet-Subset")
+    demo = make_dataset(tmp_path / "demo" / "ImageNet-Subset", wnids=("n01443537", "n01491361"))
+    (tmp_path / "demo" / "demo_info.json").write_text("{}")
+    cfg_real, cfg_demo = get_config("gpu", data_root=real), get_config("gpu", data_root=demo)
+    assert cfg_real.run_dir == tmp_path / "repo" / "runs" / cfg_real.dataset_tag / "gpu"
+    assert cfg_real.dataset_tag.startswith("ImageNet-Subset-") and cfg_demo.dataset_tag.startswith("demo-")
+    assert cfg_real.run_dir != cfg_demo.run_dir
+    # the same data elsewhere (Drive, /content, /kaggle/input) is the same run: its checkpoints are found
+    copy = shutil.copytree(real, tmp_path / "b" / "ImageNet-Subset")
+    assert get_config("gpu", data_root=copy).run_dir == cfg_real.run_dir
+    assert get_config("cpu", data_root=real).run_dir == cfg_real.run_dir.with_name("cpu")
+    # an explicit run_dir (the runner's --out) and an explicit tag are kept
+    assert get_config("gpu", data_root=real, run_dir=tmp_path / "out").run_dir == tmp_path / "out"
+    assert get_config("gpu", data_root=real, dataset_tag="mine").run_dir.parent.name == "mine"
+
+
+def test_mirror_dir_is_per_run_and_restores_a_new_session(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("IMSUB_ROOT", str(tmp_path / "repo"))
+    data = make_dataset(tmp_path / "ImageNet-Subset")
+    drive = tmp_path / "MyDrive"
+    drive.mkdir()
+    monkeypatch.setenv("IMSUB_MIRROR_DIR", str(drive / "imsub"))
+    cfg = get_config("gpu", data_root=data)
+    assert cfg.mirror_dir == drive / "imsub" / cfg.dataset_tag / "gpu"
+    assert f"mirror_dir: {cfg.mirror_dir}" in cfg.summary()
+    assert "resume state at most every 90 s" in cfg.summary()
+    # what an earlier session left on Drive comes back, except the large resume states (fetched on resume)
+    cfg.mirror_dir.mkdir(parents=True)
+    for name in ("classifier_baseline.pt", "classifier_baseline.resume.pt", "summary.json"):
+        (cfg.mirror_dir / name).write_text(name)
+    again = get_config("gpu", data_root=data)
+    assert sorted(p.name for p in again.run_dir.iterdir()) == ["classifier_baseline.pt", "summary.json"]
+    assert "restored 2 files" in capsys.readouterr().out
+    # Drive not mounted: a clear error rather than a local folder that looks like Drive
+    monkeypatch.setenv("IMSUB_MIRROR_DIR", str(tmp_path / "content" / "drive" / "MyDrive" / "imsub"))
+    with pytest.raises(FileNotFoundError, match=r"IMSUB_MIRROR_DIR=.*MyDrive.*does not exist.*mount Drive"):
+        get_config("gpu", data_root=data)
+    monkeypatch.delenv("IMSUB_MIRROR_DIR")
+    assert "mirror_dir: none: checkpoints stay on this machine" in get_config("gpu", data_root=data).summary()
+
+
+def test_record_is_mirrored(monkeypatch, tmp_path):
+    from helpers import pipeline
+
+    monkeypatch.setenv("IMSUB_ROOT", str(tmp_path / "repo"))
+    cfg = get_config("smoke", data_root=make_dataset(tmp_path / "ImageNet-Subset"), mirror_dir=tmp_path / "m")
+    pipeline.record(cfg, classifier="classifier_baseline")
+    assert json.loads((cfg.mirror_dir / "summary.json").read_text()) == {"classifier": "classifier_baseline"}
