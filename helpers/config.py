@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .discovery import find_data_root
+
 ENV_PREFIX = "IMSUB_"
 DATASET_DIRNAME = "ImageNet-Subset"
-KAGGLE_INPUT = Path("/kaggle/input")
-COLAB_DRIVE = Path("/content/drive/MyDrive")
 
 
 @dataclass
@@ -24,7 +24,8 @@ class Config:
     preset: str = "cpu"
     data_root: Path | None = None  # the folder holding train-semi/, test/, ... (found if None)
     truth_root: Path | None = None  # hidden truth of the demo data (None for real data)
-    data_source: str = ""  # how data_root was found: "setting", "kaggle", "colab", "local", "demo"
+    data_source: str = ""  # how it was found: "setting", "kaggle", "colab", "drive", "local", "zip", "demo"
+    extract_dir: Path | None = None  # where a dataset zip is extracted once (default data/extracted)
     # data
     image_size: int = 64
     val_per_class: int = 2
@@ -123,51 +124,6 @@ def pick_device(requested: str = "") -> str:
     return "cpu"
 
 
-def _is_dataset(folder: Path) -> bool:
-    return (folder / "train-semi").is_dir() and (folder / "train_semi_annotations_with_seg_ids.json").is_file()
-
-
-def _search(base: Path, max_depth: int) -> Path | None:
-    """The first folder at most `max_depth` levels below `base` that holds the challenge layout."""
-    if not base.is_dir():
-        return None
-    level = [base]
-    for _ in range(max_depth + 1):
-        for folder in sorted(level):
-            if _is_dataset(folder):
-                return folder
-        level = [child for folder in level for child in _subdirs(folder)]
-    return None
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    try:
-        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError:
-        return []
-
-
-def find_data_root(explicit: str | os.PathLike | None = None, root: Path | None = None) -> tuple[Path | None, str]:
-    """Find the data: explicit setting, Kaggle inputs, Colab Drive, data/ImageNet-Subset; (None, "demo") if none."""
-    root = root or project_root()
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not _is_dataset(path):
-            found = _search(path, 2)
-            if found is None:
-                raise FileNotFoundError(
-                    f"{path}: no challenge data here (expected train-semi/ and "
-                    "train_semi_annotations_with_seg_ids.json); fix IMSUB_DATA_ROOT or data_root")
-            path = found
-        return path.resolve(), "setting"
-    for base, source, depth in ((KAGGLE_INPUT, "kaggle", 3), (COLAB_DRIVE, "colab", 2),
-                                (root / "data" / DATASET_DIRNAME, "local", 1)):
-        found = _search(base, depth)
-        if found is not None:
-            return found.resolve(), source
-    return None, "demo"
-
-
 def demo_dir(root: Path | None = None) -> Path:
     """Where the generated demo data lives."""
     return (root or project_root()) / "data" / "demo"
@@ -203,7 +159,7 @@ def _coerce(value: str, current, name: str):
     return value
 
 
-_PATH_FIELDS = {"data_root", "truth_root", "cache_dir", "run_dir", "mirror_dir", "submission_dir", "encoder_weights"}
+_PATH_FIELDS = {"data_root", "truth_root", "extract_dir", "cache_dir", "run_dir", "mirror_dir", "submission_dir", "encoder_weights"}
 
 
 def get_config(preset: str | None = None, *, prepare_data: bool = True, **overrides) -> Config:
@@ -232,7 +188,7 @@ def get_config(preset: str | None = None, *, prepare_data: bool = True, **overri
     root = project_root()
     cfg.device = pick_device(cfg.device)
     cfg.cache_dir = Path(cfg.cache_dir or root / "cache")
-    data_root, source = find_data_root(cfg.data_root, root)
+    data_root, source = find_data_root(cfg.data_root, root, cfg.extract_dir)
     if data_root is None:
         data_root, cfg.truth_root = _demo_paths(root, cfg.demo_full, prepare_data)
     cfg.data_root, cfg.data_source = data_root, source

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.config import PRESETS, find_data_root, get_config, project_root
+from helpers.config import PRESETS, get_config, project_root
 from tests.test_data import make_dataset
 
 
@@ -34,31 +34,12 @@ def test_preset_from_environment(monkeypatch, tmp_path):
     assert get_config().preset == "cpu"
 
 
-def test_discovery_order(monkeypatch, tmp_path):
-    import helpers.config as config
-
-    kaggle, colab, repo = tmp_path / "kaggle", tmp_path / "drive", tmp_path / "repo"
-    local = make_dataset(repo / "data" / "ImageNet-Subset")
-    monkeypatch.setattr(config, "KAGGLE_INPUT", kaggle)
-    monkeypatch.setattr(config, "COLAB_DRIVE", colab)
-    assert find_data_root(None, repo) == (local.resolve(), "local")
-    drive = make_dataset(colab / "course" / "ImageNet-Subset")
-    assert find_data_root(None, repo) == (drive.resolve(), "colab")
-    kag = make_dataset(kaggle / "imagenet-subset" / "ImageNet-Subset")
-    assert find_data_root(None, repo) == (kag.resolve(), "kaggle")
-    explicit = make_dataset(tmp_path / "mine")
-    assert find_data_root(explicit, repo) == (explicit.resolve(), "setting")
-    assert find_data_root(tmp_path / "kaggle", repo) == (kag.resolve(), "setting")  # searched below
-    assert find_data_root(None, tmp_path / "empty")[1] in ("kaggle", "colab")
-    with pytest.raises(FileNotFoundError, match="no challenge data"):
-        find_data_root(tmp_path / "nothing-here", repo)
-
-
 def test_no_data_falls_back_to_demo(monkeypatch, tmp_path):
-    import helpers.config as config
+    import helpers.discovery as discovery
 
-    monkeypatch.setattr(config, "KAGGLE_INPUT", tmp_path / "k")
-    monkeypatch.setattr(config, "COLAB_DRIVE", tmp_path / "c")
+    monkeypatch.setattr(discovery, "KAGGLE_INPUT", tmp_path / "k")
+    monkeypatch.setattr(discovery, "COLAB_CONTENT", tmp_path / "c")
+    monkeypatch.setattr(discovery, "COLAB_DRIVE", tmp_path / "c" / "drive" / "MyDrive")
     monkeypatch.setenv("IMSUB_ROOT", str(tmp_path))
     monkeypatch.delenv("IMSUB_DATA_ROOT", raising=False)
     cfg = get_config("smoke", prepare_data=False)
