@@ -170,11 +170,17 @@ class TrainingFiles:
         self.every_seconds = float(every_seconds)
         self.mirror_dir = Path(mirror_dir) if mirror_dir else None
         self.stats = SaveStats()
-        self._last = _clock()
+        self._last = self._epoch_end = _clock()
 
     def due(self, last_epoch: bool) -> bool:
-        """Whether to save now: after the last epoch always, else when every_seconds have passed (0: always)."""
-        return last_epoch or self.every_seconds <= 0 or _clock() - self._last >= self.every_seconds
+        """Whether to save after the epoch that just ended: after the last one always (every_seconds 0: always).
+
+        Otherwise when waiting one more epoch (as long as this one) would leave more than
+        every_seconds since the last save: no stretch of unsaved work exceeds every_seconds.
+        """
+        now = _clock()
+        epoch, self._epoch_end = now - self._epoch_end, now
+        return last_epoch or self.every_seconds <= 0 or now - self._last + epoch > self.every_seconds
 
     def save(self, state: dict, weights: dict | None = None) -> None:
         """Write the weights payload (when given), then the state payload, locally and then to the mirror."""

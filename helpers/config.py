@@ -55,7 +55,9 @@ class Config:
     seg_lr: float = 2e-3
     # run
     seed: int = 0
-    checkpoint_seconds: float = 0.0  # 0: checkpoint after every epoch; > 0: at most that often (+ last epoch)
+    # 0: the resume state after every epoch; > 0: at most that often, and always before the unsaved
+    # training would exceed it (so a kill loses at most this much), and after the last epoch
+    checkpoint_seconds: float = 0.0
     device: str = ""  # "" picks cuda, then mps, then cpu
     amp: bool = True  # mixed precision on CUDA (bf16 on Ampere+, else fp16)
     channels_last: bool = True  # channels_last memory format on CUDA
@@ -74,7 +76,8 @@ class Config:
     def summary(self) -> str:
         """A short human-readable listing of the settings that matter, and where the checkpoints go."""
         keys = ["preset", "data_source", "data_root", "device", "image_size", "arch", "small_stem",
-                "epochs", "pseudo_epochs", "seg_epochs", "batch_size", "lr", "seed", "run_dir"]
+                "epochs", "pseudo_epochs", "seg_epochs", "batch_size", "lr", "seed", "cache_dir",
+                "submission_dir", "run_dir"]
         lines = [f"{k:>14}: {getattr(self, k)}" for k in keys]
         every = (f"at most every {self.checkpoint_seconds:g} s" if self.checkpoint_seconds > 0
                  else "after every epoch")
@@ -95,7 +98,7 @@ PRESETS: dict[str, dict] = {
                 checkpoint_seconds=20.0),
     # a Colab T4 / Kaggle GPU: the full run on the real data (not yet timed on a GPU)
     "gpu": dict(image_size=160, epochs=150, pseudo_epochs=100, seg_epochs=100, batch_size=64,
-                ema_decay=0.999, checkpoint_seconds=90.0),
+                ema_decay=0.999, checkpoint_seconds=110.0),
 }
 
 

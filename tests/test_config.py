@@ -91,7 +91,7 @@ def test_mirror_dir_is_per_run_and_restores_a_new_session(monkeypatch, tmp_path,
     cfg = get_config("gpu", data_root=data)
     assert cfg.mirror_dir == drive / "imsub" / cfg.dataset_tag / "gpu"
     assert f"mirror_dir: {cfg.mirror_dir}" in cfg.summary()
-    assert "resume state at most every 90 s" in cfg.summary()
+    assert "resume state at most every 110 s" in cfg.summary() and f"run_dir: {cfg.run_dir}" in cfg.summary()
     # what an earlier session left on Drive comes back, except the large resume states (fetched on resume)
     cfg.mirror_dir.mkdir(parents=True)
     for name in ("classifier_baseline.pt", "classifier_baseline.resume.pt", "summary.json"):

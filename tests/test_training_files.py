@@ -116,9 +116,14 @@ def test_saves_are_throttled_by_time_and_the_last_epoch_is_always_saved(tmp_path
     task = ScriptedTask([0.1 * k for k in range(1, 11)], clock=fake_clock, seconds_per_epoch=40.0)
     fit_task(_linear(), task, _scfg(tmp_path, checkpoint_seconds=90.0), run_name="t", epochs=10,
              progress=False)
-    # 40 s per epoch: 120 s have passed at epoch 3, then 3 more epochs each time; epoch 10 is the last
-    assert [epoch for epoch, _ in saved] == [3, 6, 9, 10]
+    # 40 s per epoch: after epoch 2 (80 s), one more epoch would leave 120 s > 90 s unsaved: save
+    assert [epoch for epoch, _ in saved] == [2, 4, 6, 8, 10]
     assert all(weights for _, weights in saved)  # the best improved in every interval
+    saved.clear()
+    task = ScriptedTask([1 - 0.05 * k for k in range(12)], clock=fake_clock, seconds_per_epoch=25.0)
+    fit_task(_linear(), task, _scfg(tmp_path, checkpoint_seconds=90.0), run_name="u", epochs=12, progress=False)
+    assert [epoch for epoch, _ in saved] == [3, 6, 9, 12]  # 75 s + 25 s would pass 90 s: at most 75 s unsaved
+    assert [weights for _, weights in saved] == [True, False, False, False]  # the best never improved again
 
 
 def test_mirror_holds_both_files_and_a_new_session_resumes_from_it(tmp_path, monkeypatch):
