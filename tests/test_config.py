@@ -114,3 +114,21 @@ def test_record_is_mirrored(monkeypatch, tmp_path):
     cfg = get_config("smoke", data_root=make_dataset(tmp_path / "ImageNet-Subset"), mirror_dir=tmp_path / "m")
     pipeline.record(cfg, classifier="classifier_baseline")
     assert json.loads((cfg.mirror_dir / "summary.json").read_text()) == {"classifier": "classifier_baseline"}
+
+
+def test_summary_command_and_the_runner_find_the_run(monkeypatch, tmp_path, capsys):
+    from helpers import pipeline
+    from helpers.__main__ import main
+    from helpers.runner import run_settings
+
+    monkeypatch.setenv("IMSUB_ROOT", str(tmp_path / "repo"))
+    data = make_dataset(tmp_path / "ImageNet-Subset")
+    monkeypatch.setenv("IMSUB_DATA_ROOT", str(data))
+    monkeypatch.setenv("IMSUB_PRESET", "gpu")
+    pipeline.record(get_config(), classifier="classifier_pseudo_r1", stage_seconds={"01_classifier": 3.0})
+    assert main(["summary"]) == 0  # `python -m helpers summary` reads runs/<dataset>/gpu/summary.json
+    assert "classifier_pseudo_r1" in capsys.readouterr().out
+    # the headless runner's --out names the run folder itself, for every notebook it starts
+    for key, value in run_settings("gpu", str(data), str(tmp_path / "out")).items():
+        monkeypatch.setenv(key, value)
+    assert get_config().run_dir == tmp_path / "out" / "runs" / "gpu"
