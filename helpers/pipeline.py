@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .cache import CachedImages, load_cached
-from .checkpoints import load_checkpoint
+from .checkpoints import load_checkpoint, mirror_file
 from .config import Config
 from .data import DatasetIndex, Sample, load_index, split_labeled
 from .models import build_classifier, classifier_from_spec, model_spec
@@ -121,6 +121,7 @@ def record(cfg: Config, **values) -> dict:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(current, indent=2))
     os.replace(tmp, path)
+    mirror_file(path, cfg.mirror_dir)  # a new session (or the next Colab notebook) restores it
     return current
 
 

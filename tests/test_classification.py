@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-import helpers.engine as engine
+import helpers.checkpoints as checkpoints
 from helpers.cache import CachedImages
 from helpers.classification import evaluate, fit, predict_proba
 from helpers.config import Config
@@ -150,7 +150,7 @@ def test_resume_gives_identical_continuation(tmp_path, monkeypatch):
 
     crash_cfg = _cfg(tmp_path / "b", epochs=4, ema_decay=ema_decay)
     crash_after_saves(monkeypatch, lambda: fit(_tiny(), train, val, crash_cfg, run_name="r", progress=False))
-    assert torch.load(tmp_path / "b" / "runs" / "r.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(tmp_path / "b" / "runs" / "r.resume.pt", weights_only=True)["epoch"] == 2
 
     # a differently initialised model: everything must come from the checkpoint
     resumed = fit(_tiny(seed=123), train, val, crash_cfg, run_name="r", progress=False)
@@ -168,9 +168,9 @@ def test_resume_refuses_other_settings_or_classes(tmp_path):
     cfg = _cfg(tmp_path, epochs=1)
     fit(_tiny(), _data(32), None, cfg, run_name="c", progress=False)
     path = tmp_path / "runs" / "c.pt"
-    with pytest.raises(ValueError, match=r"c\.pt.*other run settings.*lr"):
+    with pytest.raises(ValueError, match=r"c\.resume\.pt.*other run settings.*lr.*delete c\.pt and c\.resume\.pt"):
         fit(_tiny(), _data(32), None, _cfg(tmp_path, epochs=1, lr=0.5), run_name="c", progress=False)
-    with pytest.raises(ValueError, match=r"c\.pt.*trained for 3 classes but the data has 5"):
+    with pytest.raises(ValueError, match=r"c\.resume\.pt.*trained for 3 classes but the data has 5"):
         fit(_tiny(num_classes=5), _data(32), None, cfg, run_name="c", progress=False)
     with pytest.raises(ValueError, match="images or labels changed"):
         fit(_tiny(), _data(32, seed=7), None, cfg, run_name="c", progress=False)
@@ -228,8 +228,9 @@ def test_fixmatch_branch_logs_mask_rate(tmp_path):
 
 def test_checkpoint_seconds_throttles_saves_but_keeps_the_last_epoch(tmp_path, monkeypatch):
     saved = []
-    real_save = engine.save_checkpoint
-    monkeypatch.setattr(engine, "save_checkpoint", lambda path, payload: saved.append(payload["epoch"]) or real_save(path, payload))
+    real_save = checkpoints.TrainingFiles.save
+    monkeypatch.setattr(checkpoints.TrainingFiles, "save",
+                        lambda self, state, weights=None: saved.append(state["epoch"]) or real_save(self, state, weights))
     fit(_tiny(), _data(), _data(16, seed=1), _cfg(tmp_path, epochs=3, checkpoint_seconds=1e9), run_name="slow", progress=False)
     assert saved == [3]
     saved.clear()
@@ -326,8 +327,8 @@ def test_fit_returns_the_ema_weights(tmp_path):
     """Fails if fit hands back the raw weights instead of their moving average."""
     cfg = _cfg(tmp_path, epochs=3, ema_decay=0.5)
     result = fit(_tiny(), _data(32), None, cfg, run_name="ema", progress=False)
-    ckpt = torch.load(result.checkpoint, weights_only=True)
-    ema_state, raw_state = ckpt["train"]["ema"]["model"], ckpt["train"]["model"]
+    state = torch.load(result.resume_file, weights_only=True)
+    ema_state, raw_state = state["train"]["ema"]["model"], state["train"]["model"]
     assert any(not torch.equal(ema_state[k], raw_state[k]) for k in raw_state if raw_state[k].is_floating_point())
     for k, v in result.model.state_dict().items():
         assert torch.equal(v, ema_state[k]), k
@@ -406,7 +407,7 @@ def test_adaptive_round_resumes_exactly_and_ema_teacher_gives_the_targets(tmp_pa
     straight = fit(_tiny(), _data(40), _data(9, seed=1), straight_cfg, run_name="r", **kwargs)
     crash_cfg = _cfg(tmp_path / "b", epochs=4, ema_decay=0.9, ema_teacher=True, distribution_alignment=True)
     crash_after_saves(monkeypatch, lambda: fit(_tiny(), _data(40), _data(9, seed=1), crash_cfg, run_name="r", **kwargs))
-    ckpt = torch.load(tmp_path / "b" / "runs" / "r.pt", weights_only=True)
+    ckpt = torch.load(tmp_path / "b" / "runs" / "r.resume.pt", weights_only=True)
     assert ckpt["train"]["task"]["adaptive"]["level"] > 0  # the thresholds' state is saved ...
     resumed = fit(_tiny(seed=9), _data(40), _data(9, seed=1), crash_cfg, run_name="r", **kwargs)
     assert_identical_runs(straight, resumed)  # ... and restored: the same continuation
@@ -433,9 +434,9 @@ def test_fixed_schedule_keeps_the_last_epoch(tmp_path):
     data, val = _data(48), _data(12, seed=1)
     cfg = _cfg(tmp_path, epochs=4, select_best_epoch=False)
     result = fit(_tiny(), data, val, cfg, run_name="last", progress=False)
-    ckpt = torch.load(result.checkpoint, weights_only=True)
+    ckpt, state = (torch.load(f, weights_only=True) for f in (result.checkpoint, result.resume_file))
     assert result.best_epoch == 4 and ckpt["settings"]["select_best_epoch"] is False
     for k, v in result.model.state_dict().items():
-        assert torch.equal(v, ckpt["train"]["model"][k]), k  # no EMA: the last weights themselves
+        assert torch.equal(v, state["train"]["model"][k]), k  # no EMA: the last weights themselves
     with pytest.raises(ValueError, match="select_best_epoch"):  # the other rule is another run
         fit(_tiny(), data, val, _cfg(tmp_path, epochs=4), run_name="last", progress=False)
