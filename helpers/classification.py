@@ -278,7 +278,7 @@ def fit(
     resume: bool = True,
     progress: bool = True,
 ) -> FitResult:
-    """Train a classifier on the cache (optionally FixMatch on `unlabeled`), checkpoint every epoch, resume.
+    """Train a classifier on the cache (optionally FixMatch on `unlabeled`), checkpointed and resumable.
 
     unlabeled: when given, each step also takes mu x batch unlabeled images (default
       cfg.unlabeled_ratio); confident predictions on their weak view supervise their strong view
@@ -288,8 +288,9 @@ def fit(
       accuracy of the online pseudo-labels (history "pseudo_acc"); never used for training.
     augment: False trains on the plain resized images (to measure what augmentation buys).
     spec: the model_spec stored in the checkpoint (default: `model.spec` if the model has one).
-    resume: continue from `cfg.run_dir / f"{run_name}.pt"` if it exists (same settings required);
-      a finished run is returned without training.
+    resume: continue from the run's checkpoint files in cfg.run_dir (helpers.engine: `{run_name}.pt`,
+      `{run_name}.resume.pt`) if they exist (same settings required); a finished run is returned
+      without training.
     The passed model is trained in place and finally holds the best weights (EMA weights if EMA is on).
     """
     spec = spec_of(model, spec)

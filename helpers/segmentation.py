@@ -3,8 +3,8 @@
 Training runs on helpers.engine's loop (`fit_task`) with a segmentation task: batches from the
 uint8 cache on the device, one affine warp for each image and its mask (augment.weak_augment),
 `segmentation_loss` (CE with ignore + fg BCE + fg Dice), cfg.seg_lr with warmup and cosine, mixed
-precision and channels_last as helpers.hardware decides, EMA if cfg.ema_decay > 0, a checkpoint
-every epoch and exact resume. Validation measures the mIoU at the cache resolution; the real score
+precision and channels_last as helpers.hardware decides, EMA if cfg.ema_decay > 0, checkpoints
+(helpers.engine's policy) and exact resume. Validation measures the mIoU at the cache resolution; the real score
 is helpers.mask_prediction.evaluate_segmentation, at the original resolution against the mask files.
 """
 from __future__ import annotations
@@ -257,7 +257,7 @@ def fit_segmenter(
       "fg+class" (required) and "fusion" use for the image class.
     unlabeled: images without masks for dense consistency (`dense_consistency_loss`, weight
       cfg.seg_consistency_weight, cfg.unlabeled_ratio of them per labeled image in a step).
-    Checkpoint cfg.run_dir / f"{run_name}.pt" (model_spec with kind="unet"); resume as in
+    Checkpoints cfg.run_dir / f"{run_name}.pt" and .resume.pt (model_spec with kind="unet"); resume as in
     classification.fit. History: train_loss, train_pixel_acc, val_loss, val_miou (of `method`),
     val_miou_<each method>, val_fg_iou, lr, seconds, images_per_s, data_share. The passed model is
     trained in place and finally holds the best weights.
