@@ -142,7 +142,7 @@ def test_second_call_loads_from_file_without_decoding(tmp_path, monkeypatch):
         raise AssertionError("decoded although the cache is valid")
 
     monkeypatch.setattr(cache_mod, "load_image_with_size", boom)
-    monkeypatch.setattr(cache_mod, "read_mask", boom)
+    monkeypatch.setattr(cache_mod, "read_label_mask", boom)
     second = _load(samples, tmp_path, with_masks=True)
     assert torch.equal(first.images, second.images) and torch.equal(first.masks, second.masks)
     assert torch.equal(first.labels, second.labels)
