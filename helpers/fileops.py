@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -19,6 +20,7 @@ except ImportError:  # Windows: the lock falls back to the pid in the file
     fcntl = None
 
 LOCK_NAME = "run.lock"
+_TORCH_PREFIX = re.compile(r"^\[enforce fail at [^]]*\]\s*\.?\s*")
 
 
 def pid_alive(pid: int) -> bool:
@@ -45,15 +47,39 @@ class WriteError(OSError):
 def write_error(path: str | os.PathLike, exc: BaseException, what: str, remedy: str) -> WriteError:
     """A WriteError naming `path`, the reason, the free space there and `remedy`."""
     path = Path(path)
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
-    code = exc.errno if isinstance(exc, OSError) else None
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    else:  # torch's own writer: "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+        reason = f"the write failed ({_TORCH_PREFIX.sub('', str(exc).strip())})"
     folder = next((p for p in (path.parent, *path.parents) if p.exists()), None)
     try:
         free = f"; {shutil.disk_usage(folder).free / 2**20:.0f} MB free there" if folder else ""
     except OSError:
         free = ""
-    return WriteError(code, f"cannot write {what} {path}: {reason}{free}. Nothing was replaced: the "
-                            f"previous {path.name} (if any) is unchanged. {remedy}")
+    message = (f"cannot write {what} {path}: {reason}{free}. Nothing was replaced: the previous "
+               f"{path.name} (if any) is unchanged. {remedy}")
+    code = exc.errno if isinstance(exc, OSError) else None
+    return WriteError(code, message) if code is not None else WriteError(message)
+
+
+class RecordingWriter:
+    """Wraps a binary file for torch.save, which reports a failed write only as "unexpected pos":
+    `error` keeps the OSError (disk full, ...) so that the caller can report the real reason."""
+
+    def __init__(self, file) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        """Write through, remembering the first OSError."""
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        """Flush the wrapped file."""
+        self.file.flush()
 
 
 def _holder(path: Path) -> dict:
@@ -87,6 +113,29 @@ def _try_flock(fd: int) -> bool | None:
         raise
 
 
+def _acquire(path: Path, what: str) -> tuple[int, dict]:
+    """Lock `path` once (FolderInUseError if held); returns the fd and what a dead holder wrote there."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644) if fcntl is not None else None
+        locked = _try_flock(fd) if fd is not None else None
+        if locked is False:
+            info = _holder(path)
+            os.close(fd)
+            raise _in_use(path, what, info)
+        if locked is None:
+            if fd is not None:
+                os.close(fd)
+            stale = _holder(path)
+            return _acquire_pid_lock(path, what), stale
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd, _holder(path)
+        os.close(fd)  # the holder deleted the file between our open and flock: try again
+
+
 def _acquire_pid_lock(path: Path, what: str) -> int:
     """Create the lock file exclusively; take it over when its process is gone (no flock here)."""
     for _ in range(3):
@@ -102,38 +151,27 @@ def _acquire_pid_lock(path: Path, what: str) -> int:
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike, what: str = "run folder", name: str = LOCK_NAME) -> Iterator[Path]:
+def folder_lock(folder: str | os.PathLike, what: str = "run folder", name: str = LOCK_NAME,
+                wait_seconds: float = 0.0) -> Iterator[Path]:
     """Hold `folder/name` while the block runs; FolderInUseError if another live process holds it.
 
     The file records the holder's pid, host, start time and command. With flock (Linux, macOS) the
     operating system releases the lock when its process dies, however it dies, so a stale file
     left by a killed run is simply taken over; elsewhere a file whose process is gone is taken over.
+    `wait_seconds`: how long to wait for a live holder before giving up.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
-    stale: dict = {}
+    deadline = time.monotonic() + wait_seconds
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644) if fcntl is not None else None
-        locked = _try_flock(fd) if fd is not None else None
-        if locked is False:
-            info = _holder(path)
-            os.close(fd)
-            raise _in_use(path, what, info)
-        if locked is None:
-            if fd is not None:
-                os.close(fd)
-            stale = _holder(path)
-            fd = _acquire_pid_lock(path, what)
-            break
         try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            stale = _holder(path)  # what a run that died holding it wrote there
+            fd, stale = _acquire(path, what)
             break
-        os.close(fd)  # the holder deleted the file between our open and flock: try again
+        except FolderInUseError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
     if stale.get("pid") not in (None, os.getpid()):
         warnings.warn(f"{path}: taking over the lock left by process {stale['pid']} on {stale.get('host')}, "
                       "which ended without releasing it (an interrupted run)", stacklevel=3)
