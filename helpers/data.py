@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from .images import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, is_image_file
 
 ANNOTATIONS = "train_semi_annotations_with_seg_ids.json"
 LABELED_DIR, MASK_DIR, UNLABELED_DIR, TEST_DIR = (
@@ -122,7 +122,7 @@ def _list_flat(folder: Path, split: str) -> list[Sample]:
         return []
     names, skipped = [], []
     for e in os.scandir(folder):
-        if e.is_file() and not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+        if e.is_file() and is_image_file(e.name):
             names.append(e.name)
         else:
             skipped.append(e.name + ("/" if e.is_dir() else ""))

@@ -37,8 +37,9 @@ class ImageLoadError(ValueError):
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
-    """True if the file name ends with one of IMAGE_EXTENSIONS (case-insensitive)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    """True if the name ends with one of IMAGE_EXTENSIONS (any case) and is not hidden (macOS `._x.JPEG`)."""
+    name = Path(path).name
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _not_found(path: Path) -> FileNotFoundError:

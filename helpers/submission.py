@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from helpers.fileops import WriteError, folder_lock, pid_alive, write_error
-from helpers.images import IMAGE_EXTENSIONS, image_size
+from helpers.images import IMAGE_EXTENSIONS, image_size, is_image_file
 from helpers.masks import IGNORE_ID, MAX_ID, rgb_to_ids, write_mask
 
 CLASSIFICATION_FILE = "classification.json"
@@ -57,7 +57,7 @@ def _test_images(test_dir: Path) -> dict[str, Path]:
     if not test_dir.is_dir():
         raise FileNotFoundError(f"{test_dir}: test image folder not found")
     images = {p.name: p for p in sorted(test_dir.iterdir())
-              if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+              if p.is_file() and is_image_file(p)}
     if not images:
         raise FileNotFoundError(f"{test_dir}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) inside")
     return images

@@ -36,6 +36,7 @@ def test_extensions_case_insensitive():
     assert is_image_file("a/b/n01443537_19638.JPEG")
     assert is_image_file("x.Png") and is_image_file("x.webp")
     assert not is_image_file("mask.json") and not is_image_file("README") and not is_image_file("x.jpg.txt")
+    assert not is_image_file("test/._00000.JPEG") and not is_image_file(".hidden.png")  # macOS resource forks
 
 
 def test_rgb_jpeg(tmp_path):
