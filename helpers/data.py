@@ -99,7 +99,10 @@ def _resolve(root: Path, split_dir: str, entry_path: str, listings: dict, extens
              json_file: Path) -> Path:
     """Find the file a JSON entry names by its stem, whatever the case of its extension."""
     rel = Path(entry_path)
-    folder = _find_folder(root / split_dir, rel.parent)
+    key = (split_dir, rel.parent)  # one folder lookup and one listing per folder, not per entry
+    if key not in listings:
+        listings[key] = _find_folder(root / split_dir, rel.parent)
+    folder = listings[key]
     if folder not in listings:
         listings[folder] = _files_by_stem(folder, extensions)
     path = listings[folder].get(_nfc(rel.stem).lower())
@@ -206,7 +209,7 @@ def load_index(root: str | os.PathLike) -> DatasetIndex:
             "point IMSUB_DATA_ROOT at the folder that holds them")
     entries = _read_entries(json_file)
 
-    listings: dict[Path, dict[str, Path]] = {}
+    listings: dict = {}  # folder -> {stem: file}, and (split, folder in the JSON) -> folder on disk
     parsed, folder_ids, seen = [], defaultdict(dict), {}
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or "class_id" not in entry:

@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument("--test-dir", type=Path, help="test image folder (default: DATA_ROOT/test)")
     group = val.add_mutually_exclusive_group(required=True)
     group.add_argument("--num-classes", type=int)
-    group.add_argument("--data-root", type=Path, help="ImageNet-Subset folder; classes = folders of train-semi/")
+    group.add_argument("--data-root", type=Path, help="ImageNet-Subset folder; classes from its annotation JSON")
     sco = sub.add_parser("score", help="score a submission folder or zip against a truth folder")
     sco.add_argument("folder", type=Path)
     sco.add_argument("--truth", type=Path, required=True, help="folder with classification.json + segmentation/")
