@@ -201,8 +201,17 @@ class Job:
         """What the start [t0, t1] picked up from the ones since `before`: checkpoints, killed cache builds,
         partial files removed, orphan kernels ended, a submission restored."""
         earlier, now = self.events(before, t0), self.events(t0, t1)
-        killed_builds = {e["path"] for e in earlier if e["point"] == "cache-build" and e["ev"] == "begin"} - {
-            e["path"] for e in earlier if e["point"] == "cache-build" and e["ev"] == "end"}
+        unfinished: dict[tuple, dict] = {}
+        for e in earlier:
+            if e["ev"] in ("begin", "end") and e["point"] in ("cache-build", "cache-write"):
+                key = (e["pid"], e["point"], e["path"])
+                if e["ev"] == "begin":
+                    unfinished[key] = e
+                else:
+                    unfinished.pop(key, None)
+        # a cache whose build or write was killed: "caching labeled" or ".../labeled_32.pt.tmp" -> "caching labeled"
+        killed_builds = {"caching " + re.sub(r"_\d+\.pt$", "", _name(e["path"])) if e["point"] == "cache-write"
+                         else e["path"] for e in unfinished.values()}
         parts, seen, saved = [], set(), set()
         for e in now:
             name = _name(e["path"])
@@ -360,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             plan, randoms = randoms[:3], randoms[3:]
         result = run_until_done(job, plan, during_first_pause=second_run_refused if episode == 0 else None)
+        if episode:
+            randoms = plan + randoms  # the kills this run finished before reaching: for the next run
         seconds += result["seconds"]
         problems += result["problems"]
         rows += [row(len(rows) + i + 1, f"run {episode}, kill {i + 1}", k) for i, k in enumerate(result["kills"])]

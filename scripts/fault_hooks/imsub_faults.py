@@ -6,6 +6,7 @@ Every hook appends one JSON line to $IMSUB_FAULT_DIR/events.jsonl ({"t", "pid", 
 
 IMSUB_FAULT_ARM="point[@text][#n]" pauses the n-th time (default 1) this process reaches `point`
 with `text` in its path, after logging {"ev": "hit"}: the harness kills the run during the pause.
+Training (helpers.engine.fit_task, as classification and segmentation call it) is logged too.
 The points, each inside the operation it names:
 
     cache-build        while a decoded-image cache is built (after 5 images are decoded)
@@ -67,6 +68,8 @@ def install() -> None:
     import torch
 
     import helpers.cache as cache
+    import helpers.classification as classification
+    import helpers.segmentation as segmentation
     import helpers.submission as submission
 
     cache_dir = os.environ.get("IMSUB_CACHE_DIR", "\0")
@@ -130,6 +133,14 @@ def install() -> None:
             _hold("cache-build", state["desc"])
         return real_decode(path, *args, **kwargs)
 
+    def training(real):
+        def fit_task(model, task, cfg, *args, run_name: str, **kwargs):
+            _log("begin", "training", run_name)
+            result = real(model, task, cfg, *args, run_name=run_name, **kwargs)
+            _log("end", "training", run_name)
+            return result
+        return fit_task
+
     written = {"n": 0}
 
     def write_mask(path, ids):
@@ -146,4 +157,5 @@ def install() -> None:
     os.replace, os.rename = replace, rename
     cache._build, cache.load_image_with_size = build, decode
     submission.write_mask = write_mask
+    classification.fit_task, segmentation.fit_task = training(classification.fit_task), training(segmentation.fit_task)
     _log("start", "", os.environ.get("IMSUB_RUN_DIR", ""))
