@@ -17,8 +17,7 @@ _PRODUCERS = {
 }
 
 
-_WRITE_REMEDY = ("Free disk space, or write elsewhere: IMSUB_RUN_DIR (checkpoints), IMSUB_CACHE_DIR "
-                 "(caches), or `python -m helpers run --out DIR`.")
+_ELSEWHERE = "IMSUB_RUN_DIR (checkpoints), IMSUB_CACHE_DIR (caches), or `python -m helpers run --out DIR`"
 
 
 def _producer(path: Path) -> str:
@@ -49,7 +48,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
             tmp.unlink(missing_ok=True)
         if isinstance(exc, (OSError, RuntimeError)):  # torch reports a failed write as a RuntimeError
             reason = writer.error if writer is not None and writer.error is not None else exc
-            raise write_error(path, reason, "checkpoint", _WRITE_REMEDY) from exc
+            raise write_error(path, reason, "checkpoint", _ELSEWHERE) from exc
         raise
     return path
 

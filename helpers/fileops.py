@@ -44,21 +44,25 @@ class WriteError(OSError):
     """A file could not be written (disk full, read-only folder, ...); the previous file is unchanged."""
 
 
-def write_error(path: str | os.PathLike, exc: BaseException, what: str, remedy: str) -> WriteError:
-    """A WriteError naming `path`, the reason, the free space there and `remedy`."""
+def write_error(path: str | os.PathLike, exc: BaseException, what: str, elsewhere: str) -> WriteError:
+    """A WriteError naming `path`, the reason, the free space there, and where else to write (`elsewhere`)."""
     path = Path(path)
     if isinstance(exc, OSError) and exc.strerror:
         reason = exc.strerror
     else:  # torch's own writer: "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
         reason = f"the write failed ({_TORCH_PREFIX.sub('', str(exc).strip())})"
+    code = exc.errno if isinstance(exc, OSError) else None
     folder = next((p for p in (path.parent, *path.parents) if p.exists()), None)
     try:
-        free = f"; {shutil.disk_usage(folder).free / 2**20:.0f} MB free there" if folder else ""
+        free = f"; {shutil.disk_usage(folder).free / 2**20:.0f} MB free there now" if folder else ""
     except OSError:
         free = ""
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        remedy = f"Write elsewhere: {elsewhere}."
+    else:
+        remedy = f"Free disk space, or write elsewhere: {elsewhere}."
     message = (f"cannot write {what} {path}: {reason}{free}. Nothing was replaced: the previous "
                f"{path.name} (if any) is unchanged. {remedy}")
-    code = exc.errno if isinstance(exc, OSError) else None
     return WriteError(code, message) if code is not None else WriteError(message)
 
 

@@ -32,7 +32,7 @@ from helpers.masks import IGNORE_ID, MAX_ID, rgb_to_ids, write_mask
 
 CLASSIFICATION_FILE = "classification.json"
 SEGMENTATION_DIR = "segmentation"
-_WRITE_REMEDY = "Free disk space, or write it elsewhere (IMSUB_SUBMISSION_DIR, or --out of `python -m helpers run`)."
+_ELSEWHERE = "IMSUB_SUBMISSION_DIR, or `python -m helpers run --out DIR`"
 # What an existing submission folder may hold; anything else makes write_submission refuse to replace it.
 _SUBMISSION_NAMES = {CLASSIFICATION_FILE, SEGMENTATION_DIR, ".ipynb_checkpoints"}
 
@@ -228,7 +228,7 @@ def _writing(folder: Path) -> Iterator[None]:
     except WriteError:
         raise
     except OSError as exc:
-        raise write_error(folder, exc, "the submission", _WRITE_REMEDY) from exc
+        raise write_error(folder, exc, "the submission", _ELSEWHERE) from exc
 
 
 def _write_png(folder: Path, path: Path, ids: np.ndarray) -> None:

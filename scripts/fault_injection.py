@@ -304,6 +304,8 @@ def run_until_done(job: Job, plan: list[tuple[str, str, float | None]], during_f
             print("  ", note, flush=True)
         if pending is not None:
             pending.resumed = job.resumed(pending_t0, attempt.t0, attempt.t1, attempt.output)
+            if attempt.kill is not None and pending.resumed.startswith("nothing"):
+                pending.resumed = f"nothing yet: killed in turn at {attempt.kill.at:.1f} s, before it loaded a file"
             kills.append(pending)
             print("  ", row(len(kills), job.out.name, pending), flush=True)
             pending = None

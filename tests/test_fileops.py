@@ -82,11 +82,14 @@ def test_without_flock_the_pid_decides(tmp_path, holder, monkeypatch):
 
 def test_write_error_names_path_reason_and_remedy(tmp_path):
     exc = OSError(errno.ENOSPC, "No space left on device")
-    err = write_error(tmp_path / "a" / "x.pt", exc, "checkpoint", "Free some space.")
+    err = write_error(tmp_path / "a" / "x.pt", exc, "checkpoint", "IMSUB_RUN_DIR")
     assert isinstance(err, WriteError) and isinstance(err, OSError) and err.errno == errno.ENOSPC
     assert str(err).startswith(f"[Errno 28] cannot write checkpoint {tmp_path / 'a' / 'x.pt'}: "
                                "No space left on device; ")
-    assert "MB free there. Nothing was replaced: the previous x.pt (if any) is unchanged. Free some space." in str(err)
+    assert ("MB free there now. Nothing was replaced: the previous x.pt (if any) is unchanged. Free disk space, "
+            "or write elsewhere: IMSUB_RUN_DIR." in str(err))
+    read_only = write_error(tmp_path / "x.pt", OSError(errno.EROFS, "Read-only file system"), "checkpoint", "D")
+    assert str(read_only).endswith("is unchanged. Write elsewhere: D.")
     torch_style = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
     err = write_error(tmp_path / "x.pt", torch_style, "checkpoint", "")
     assert str(err).startswith(f"cannot write checkpoint {tmp_path / 'x.pt'}: the write failed (unexpected pos "
