@@ -29,9 +29,9 @@ The map: one module per concern, in the order the notebooks meet them.
     Plumbing (no course ideas inside)
       hardware         device, mixed-precision dtype, memory format
       checkpoints      atomic checkpoint files, safe loading with clear errors, the checkpoint policy and mirror
-      fileops          small file-system helpers
+      fileops          the folder lock of a run, failed-write errors (disk full, read-only), process liveness
       pipeline         what the notebooks share: run data, model loading, the run's recorded choices
-      runner           `python -m helpers run`: the notebooks executed headless, and the run summary
+      runner           `python -m helpers run`: the notebooks executed headless (one run per run folder), the summary
       demo             the synthetic demo dataset generator (`python -m helpers.demo`)
 """
 from .config import Config, get_config, seed_everything

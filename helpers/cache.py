@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from . import discovery
 from .checkpoints import save_checkpoint
 from .images import load_image_with_size
-from .masks import IGNORE_INDEX, ids_to_index, read_mask
+from .masks import IGNORE_INDEX, read_label_mask
 
 CACHE_VERSION = 1  # bump when the content of a cache file changes meaning
 NETWORK_FS = ("fuse", "nfs", "cifs", "smb", "9p", "sshfs", "gcsfuse", "afs", "ceph", "lustre")
@@ -188,7 +188,7 @@ def _resize_image(img: Image.Image, size: int) -> np.ndarray:
 
 def _load_mask(sample: Any, hw: tuple[int, int], size: int, num_classes: int) -> np.ndarray:
     """Read a sample's mask as a class-index map squashed (NEAREST) to size x size."""
-    index = ids_to_index(read_mask(sample.mask), num_classes, source=sample.mask)
+    index = read_label_mask(sample.mask, sample.label, num_classes)
     if index.shape != hw:
         raise ValueError(
             f"{sample.mask}: mask is {index.shape[1]}x{index.shape[0]} (WxH) but its image "

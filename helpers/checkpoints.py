@@ -6,6 +6,7 @@ last epoch, both on local disk and copied to a persistent mirror folder (Drive, 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -15,12 +16,17 @@ from pathlib import Path
 
 import torch
 
+from .fileops import RecordingWriter, write_error
+
 # Who writes a checkpoint, by the first word of its file name (the run_name); used in error messages.
 _PRODUCERS = {
     "classifier_pseudo": "notebooks/03_pseudo_labeling.ipynb (or `python -m helpers run`)",
     "classifier": "notebooks/01_classifier_baseline.ipynb (or `python -m helpers run`)",
     "unet": "notebooks/04_unet_segmentation.ipynb (or `python -m helpers run`)",
 }
+
+
+_ELSEWHERE = "IMSUB_RUN_DIR (checkpoints), IMSUB_CACHE_DIR (caches), or `python -m helpers run --out DIR`"
 
 
 def _producer(path: Path) -> str:
@@ -37,14 +43,21 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     path = Path(path)
     if not isinstance(payload, dict):
         raise TypeError(f"{path}: a checkpoint payload must be a dict, got {type(payload).__name__}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    writer = None
     try:
-        torch.save(payload, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            writer = RecordingWriter(f)
+            torch.save(payload, writer)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         # A crash (or Ctrl-C) mid-write must leave the previous checkpoint as it was.
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)):  # torch reports a failed write as a RuntimeError
+            reason = writer.error if writer is not None and writer.error is not None else exc
+            raise write_error(path, reason, "checkpoint", _ELSEWHERE) from exc
         raise
     return path
 
