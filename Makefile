@@ -22,7 +22,7 @@ run: venv
 	$(PY) -m helpers run --preset $(PRESET)
 
 test: venv
-	rm -rf runs/smoke
+	rm -rf runs/smoke runs/*/smoke
 	IMSUB_PRESET=smoke $(PY) -m pytest -q tests --nbval-lax --nbval-current-env notebooks
 
 demo: venv

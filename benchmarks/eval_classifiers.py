@@ -12,6 +12,7 @@ from pathlib import Path
 
 import helpers
 from helpers import classification, pipeline
+from helpers.checkpoints import STATE_SUFFIX
 
 
 def main() -> None:
@@ -29,6 +30,8 @@ def main() -> None:
         raise SystemExit(f"{cfg.data_root}: no hidden test truth (only the demo data has it)")
     print(f"{'checkpoint':<28} {'val acc':>8} {'test acc':>9}")
     for path in sorted(Path(cfg.run_dir).glob("classifier_*.pt")):
+        if path.name.endswith(STATE_SUFFIX):  # the resume state next to the best weights
+            continue
         model = pipeline.load_classifier(cfg, path.stem, data.index.num_classes)
         val = classification.evaluate(model, data.val, cfg, tta=True)["accuracy"]
         test = (classification.evaluate(model, data.test, cfg, tta=True)["predictions"] == truth).float().mean()

@@ -3,7 +3,8 @@
 The map: one module per concern, in the order the notebooks meet them.
 
     Data
-      config           the Config object, presets (smoke / cpu / gpu), IMSUB_* overrides, data discovery, seeding
+      config           the Config object, presets (smoke / cpu / gpu), IMSUB_* overrides, run folders, seeding
+      discovery        finding the data on Kaggle, Colab, Drive or here; a dataset zip extracted once
       data             the data index: annotation JSON + folders -> samples, the stratified validation split
       images           robust image loading (grayscale, CMYK, PNG-as-JPEG, truncated), no EXIF rotation
       masks            mask encoding: id = R + G*256, class k <-> id k + 1, ignore 1000; PNG read/write
@@ -29,10 +30,10 @@ The map: one module per concern, in the order the notebooks meet them.
       plots            image grids with mask overlays and a class legend, curves, confusion matrices, the browser
     Plumbing (no course ideas inside)
       hardware         device, mixed-precision dtype, memory format
-      checkpoints      atomic checkpoint files, safe loading with clear errors
-      fileops          small file-system helpers
+      checkpoints      atomic checkpoint files, safe loading with clear errors, the checkpoint policy and mirror
+      fileops          the folder lock of a run, failed-write errors (disk full, read-only), process liveness
       pipeline         what the notebooks share: run data, model loading, the run's recorded choices
-      runner           `python -m helpers run`: the notebooks executed headless, and the run summary
+      runner           `python -m helpers run`: the notebooks executed headless (one run per run folder), the summary
       demo             the synthetic demo dataset generator (`python -m helpers.demo`)
 """
 from .config import Config, get_config, seed_everything

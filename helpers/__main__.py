@@ -26,7 +26,13 @@ def main(argv: list[str] | None = None) -> int:
 
         preset = args.preset or __import__("os").environ.get("IMSUB_PRESET") or (
             "gpu" if torch.cuda.is_available() else "cpu")
-        result = runner.run(preset, args.data_root, args.out, args.only.split(",") if args.only else None)
+        from .fileops import FolderInUseError
+
+        try:
+            result = runner.run(preset, args.data_root, args.out, args.only.split(",") if args.only else None)
+        except FolderInUseError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
         print(runner.format_summary(result))
         return 0
     if args.command == "summary":

@@ -190,6 +190,35 @@ def random_resized_affine(
     return out, out_masks
 
 
+def flip_translate(
+    images: Tensor, masks: Tensor | None, size: int, max_shift: float = 0.125,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """FixMatch's weak view: flip (p=0.5) and a random shift of up to max_shift of each side, reflect padding.
+
+    Images -> float32 [B,3,size,size] (resized with the same warp); masks -> uint8 [B,size,size]
+    through the same geometry (nearest).
+    """
+    _check_images(images)
+    _check_masks(masks, images)
+    _check_generator(generator)
+    b = images.shape[0]
+    flip = torch.rand(b, generator=generator) < 0.5
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = torch.where(flip, -1.0, 1.0)
+    theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = _uniform(b, -2 * max_shift, 2 * max_shift, generator)  # grid coordinates span 2
+    theta[:, 1, 2] = _uniform(b, -2 * max_shift, 2 * max_shift, generator)
+    x = _to_float(images)
+    grid = _affine_grid(_to_device(theta, x), size)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if masks is None:
+        return out, None
+    m = F.grid_sample(masks.to(torch.float32).unsqueeze(1), grid.to(torch.float32), mode="nearest",
+                      padding_mode="reflection", align_corners=False)
+    return out, m.squeeze(1).to(torch.uint8)
+
+
 def center_resize(images: Tensor, masks: Tensor | None, size: int) -> tuple[Tensor, Tensor | None]:
     """Deterministic eval path: float [0,1] images resized to size x size (identity if equal), masks nearest."""
     _check_images(images)
@@ -417,13 +446,22 @@ def weak_augment(
     return normalize(x), m
 
 
+def paper_weak_augment(images: Tensor, size: int, generator: torch.Generator | None = None) -> Tensor:
+    """FixMatch's weak view (flip and translate, no colour change) -> normalized images."""
+    return normalize(flip_translate(images, None, size, generator=generator)[0])
+
+
 def strong_augment(images: Tensor, size: int, generator: torch.Generator | None = None) -> Tensor:
     """Strong (FixMatch) view: resized-crop affine + flip + jitter + rand_augment + cutout -> normalized images."""
     x, _ = random_resized_affine(images, None, size, scale=(0.35, 1.0), generator=generator)
+    return normalize(strong_colour(x, generator))
+
+
+def strong_colour(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """The strong view's pixel-wise part (jitter, rand_augment, cutout) of float [0,1] images: no geometry."""
     x = color_jitter(x, 0.4, 0.4, 0.4, 0.1, generator=generator)
     x = rand_augment(x, num_ops=2, magnitude=0.9, generator=generator)
-    x = cutout(x, 0.35, generator=generator)
-    return normalize(x)
+    return cutout(x, 0.35, generator=generator)
 
 
 def contrastive_view(
@@ -453,3 +491,14 @@ def contrastive_view(
     scale = size / 224
     x = gaussian_blur(x, (0.1 * scale, 2.0 * scale), p=blur_p, generator=generator)
     return normalize(x), m
+
+
+def paired_views(images: Tensor, size: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """A weak and a strong view of each image with the SAME geometry (crop, flip), so pixels correspond.
+
+    For dense consistency (helpers.segmentation): the weak view's per-pixel guesses are targets for
+    the same pixels of the strong view, which only differs in colour and cutout. Both normalized.
+    """
+    x, _ = random_resized_affine(images, None, size, scale=(0.35, 1.0), generator=generator)
+    weak = color_jitter(x, 0.2, 0.2, 0.2, 0.02, generator=generator)
+    return normalize(weak), normalize(strong_colour(x, generator))

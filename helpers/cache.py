@@ -10,6 +10,9 @@ class values). At prediction time, outputs at size x size are resized back to th
 One file per split and size: `cache_dir / f"{name}_{size}.pt"`, holding a fingerprint of the
 inputs (files' paths, sizes, mtimes, labels, mask files, size, num_classes, ...). A file whose
 fingerprint differs, or that cannot be read, is rebuilt.
+
+Decoding runs in threads (PIL releases the GIL): one per core on local disk, more on a network
+mount (Drive, /kaggle/input, FUSE/NFS/SMB), where each file read waits on the network.
 """
 from __future__ import annotations
 
@@ -26,11 +29,37 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from . import discovery
 from .checkpoints import save_checkpoint
 from .images import load_image_with_size
-from .masks import IGNORE_INDEX, ids_to_index, read_mask
+from .masks import IGNORE_INDEX, read_label_mask
 
 CACHE_VERSION = 1  # bump when the content of a cache file changes meaning
+NETWORK_FS = ("fuse", "nfs", "cifs", "smb", "9p", "sshfs", "gcsfuse", "afs", "ceph", "lustre")
+
+
+def _mount_table() -> list[tuple[str, str]]:
+    """(mount point, file-system type) of every mount, from /proc/mounts (empty where there is none)."""
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    return [(parts[1].replace("\\040", " "), parts[2]) for parts in map(str.split, lines) if len(parts) > 2]
+
+
+def on_network_mount(path: str | os.PathLike) -> bool:
+    """Whether a file sits on Drive, /kaggle/input or a network/FUSE file system (slow per-file reads)."""
+    path = Path(os.path.abspath(path))
+    if any(path.is_relative_to(base) for base in (discovery.COLAB_DRIVE.parent, discovery.KAGGLE_INPUT)):
+        return True
+    mounts = [(m, fs) for m, fs in _mount_table() if path.is_relative_to(m)]
+    return bool(mounts) and max(mounts, key=lambda m: len(m[0]))[1].lower().startswith(NETWORK_FS)
+
+
+def io_workers(path: str | os.PathLike | None) -> int:
+    """Decoding threads for files like `path`: the core count, at least 16 (4 per core) on a network mount."""
+    cores = os.cpu_count() or 1
+    return max(16, 4 * cores) if path is not None and on_network_mount(path) else cores
 
 
 @dataclass
@@ -159,7 +188,7 @@ def _resize_image(img: Image.Image, size: int) -> np.ndarray:
 
 def _load_mask(sample: Any, hw: tuple[int, int], size: int, num_classes: int) -> np.ndarray:
     """Read a sample's mask as a class-index map squashed (NEAREST) to size x size."""
-    index = ids_to_index(read_mask(sample.mask), num_classes, source=sample.mask)
+    index = read_label_mask(sample.mask, sample.label, num_classes)
     if index.shape != hw:
         raise ValueError(
             f"{sample.mask}: mask is {index.shape[1]}x{index.shape[0]} (WxH) but its image "
@@ -276,7 +305,8 @@ def load_cached(samples: Sequence[Any], size: int, cache_dir: str | os.PathLike,
       mask get an all-255 (ignore) mask.
     skip_broken: leave out files that are missing or cannot be decoded, and report them (use it
       for the unlabeled split); False (labeled and test splits) raises an error naming the file.
-    workers: decoding threads (PIL releases the GIL); default os.cpu_count().
+    workers: decoding threads (PIL releases the GIL); default `io_workers`: os.cpu_count(), at
+      least 16 on a network mount.
     """
     size = int(size)
     if size <= 0:
@@ -290,6 +320,9 @@ def load_cached(samples: Sequence[Any], size: int, cache_dir: str | os.PathLike,
         return cached
 
     print(f"building {path} ({len(samples)} images at {size}x{size}): {reason}")
+    if not workers and samples and on_network_mount(samples[0].image):
+        workers = io_workers(samples[0].image)
+        print(f"  {Path(samples[0].image).parent} is on a network mount: reading with {workers} threads")
     payload = _build(samples, size, num_classes, with_masks, skip_broken, progress, workers,
                      desc=f"caching {name}")
     if payload["skipped"]:

@@ -1,10 +1,22 @@
-"""Checkpoint files: atomic save, safe load (weights_only), clear errors for missing or mismatched files."""
+"""Checkpoint files: atomic save, safe load (weights_only), clear errors, and the files of a training run.
+
+`TrainingFiles` is the policy `helpers.engine.fit_task` follows: a small best-weights file written
+only when the best improves, a resume state written at most every `every_seconds` and after the
+last epoch, both on local disk and copied to a persistent mirror folder (Drive, /kaggle/working).
+"""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .fileops import RecordingWriter, write_error
 
 # Who writes a checkpoint, by the first word of its file name (the run_name); used in error messages.
 _PRODUCERS = {
@@ -13,6 +25,9 @@ _PRODUCERS = {
     "unet": "notebooks/04_unet_segmentation.ipynb (or `python -m helpers run`)",
     "ssl": "notebooks/02_self_supervised.ipynb (or `python -m helpers run`)",
 }
+
+
+_ELSEWHERE = "IMSUB_RUN_DIR (checkpoints), IMSUB_CACHE_DIR (caches), or `python -m helpers run --out DIR`"
 
 
 def _producer(path: Path) -> str:
@@ -29,14 +44,21 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     path = Path(path)
     if not isinstance(payload, dict):
         raise TypeError(f"{path}: a checkpoint payload must be a dict, got {type(payload).__name__}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    writer = None
     try:
-        torch.save(payload, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            writer = RecordingWriter(f)
+            torch.save(payload, writer)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         # A crash (or Ctrl-C) mid-write must leave the previous checkpoint as it was.
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)):  # torch reports a failed write as a RuntimeError
+            reason = writer.error if writer is not None and writer.error is not None else exc
+            raise write_error(path, reason, "checkpoint", _ELSEWHERE) from exc
         raise
     return path
 
@@ -71,3 +93,156 @@ def load_checkpoint(path: str | os.PathLike, num_classes: int | None = None, map
             f"checkpoint {path} was trained for {found} classes but the data has {num_classes}; "
             "delete it or point run_dir elsewhere")
     return payload
+
+
+# ----------------------------------------------------------------------------- training files
+STATE_SUFFIX = ".resume.pt"
+
+
+def _clock() -> float:
+    """The clock that throttles saves (a function, so that a benchmark can simulate time)."""
+    return time.monotonic()
+
+
+def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> int:
+    """Copy a file through `<dst>.tmp` + os.replace (a reader never sees half a file); returns the bytes copied."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dst.stat().st_size
+
+
+def mirror_file(path: str | os.PathLike, mirror_dir: str | os.PathLike | None) -> int:
+    """Copy `path` into `mirror_dir` (atomically); a failing mirror (Drive gone, read-only) warns, never raises.
+
+    Returns the bytes copied (0 without a mirror or when the copy failed).
+    """
+    if mirror_dir is None:
+        return 0
+    path = Path(path)
+    target = Path(mirror_dir) / path.name
+    try:
+        return copy_atomic(path, target)
+    except OSError as exc:
+        warnings.warn(f"could not copy {path} to the mirror folder {mirror_dir} ({exc}); the run goes on "
+                      "and tries again at the next checkpoint, but until then a restarted session "
+                      "resumes from an older copy", stacklevel=2)
+        return 0
+
+
+def restore_missing(run_dir: str | os.PathLike, mirror_dir: str | os.PathLike | None,
+                    skip_suffix: str = STATE_SUFFIX) -> list[Path]:
+    """Copy files the mirror holds and `run_dir` lacks into `run_dir` (a new session); returns what was copied.
+
+    Files ending in `skip_suffix` (the large resume states) are left for `TrainingFiles` to fetch
+    when a training actually resumes.
+    """
+    if mirror_dir is None or not Path(mirror_dir).is_dir():
+        return []
+    skip = (".tmp", skip_suffix) if skip_suffix else (".tmp",)
+    copied = []
+    for src in sorted(Path(mirror_dir).iterdir()):
+        dst = Path(run_dir) / src.name
+        if src.is_file() and not src.name.endswith(skip) and not dst.exists():
+            copy_atomic(src, dst)
+            copied.append(dst)
+    return copied
+
+
+@dataclass
+class SaveStats:
+    """What a training's checkpointing cost: saves, files written, bytes, seconds."""
+
+    saves: int = 0
+    weights_writes: int = 0
+    state_writes: int = 0
+    bytes_local: int = 0
+    bytes_mirrored: int = 0
+    seconds: float = 0.0
+
+
+class TrainingFiles:
+    """The checkpoint files of one training run: local, throttled by time, mirrored to a persistent folder.
+
+    `<run_name>.pt` holds the best weights and the model_spec (what inference and encoder transfer
+    load); it is rewritten only when a better epoch has been found since the last save.
+    `<run_name>.resume.pt` holds what continuing needs (current weights, optimizer, EMA, scaler, RNG,
+    history). A save writes the weights file first, then the state: a kill in between leaves a
+    weights file newer than the state, which resuming accepts (see helpers.engine), never an older one.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, run_name: str, *, every_seconds: float = 0.0,
+                 mirror_dir: str | os.PathLike | None = None):
+        self.weights = Path(run_dir) / f"{run_name}.pt"
+        self.state = Path(run_dir) / f"{run_name}{STATE_SUFFIX}"
+        self.every_seconds = float(every_seconds)
+        self.mirror_dir = Path(mirror_dir) if mirror_dir else None
+        self.stats = SaveStats()
+        self._last = self._epoch_end = _clock()
+
+    def due(self, last_epoch: bool) -> bool:
+        """Whether to save after the epoch that just ended: after the last one always (every_seconds 0: always).
+
+        Otherwise when waiting one more epoch (as long as this one) would leave more than
+        every_seconds since the last save: no stretch of unsaved work exceeds every_seconds.
+        """
+        now = _clock()
+        epoch, self._epoch_end = now - self._epoch_end, now
+        return last_epoch or self.every_seconds <= 0 or now - self._last + epoch > self.every_seconds
+
+    def save(self, state: dict, weights: dict | None = None) -> None:
+        """Write the weights payload (when given), then the state payload, locally and then to the mirror."""
+        start = time.perf_counter()
+        written = ([self._write(self.weights, weights)] if weights is not None else []) + [
+            self._write(self.state, state)]
+        self._mirror(written)
+        self.stats.saves += 1
+        self.stats.state_writes += 1
+        self.stats.seconds += time.perf_counter() - start
+        self._last = _clock()
+
+    def save_weights(self, weights: dict) -> None:
+        """Write only the weights file (locally, then to the mirror)."""
+        start = time.perf_counter()
+        self._mirror([self._write(self.weights, weights)])
+        self.stats.seconds += time.perf_counter() - start
+
+    def _write(self, path: Path, payload: dict) -> Path:
+        save_checkpoint(path, payload)
+        self.stats.bytes_local += path.stat().st_size
+        self.stats.weights_writes += path == self.weights
+        return path
+
+    def _mirror(self, paths: list[Path]) -> None:
+        for path in paths:  # in the order written: the mirror never holds weights older than its state
+            self.stats.bytes_mirrored += mirror_file(path, self.mirror_dir)
+
+    def _fetch(self, path: Path) -> Path | None:
+        """The local file, copied from the mirror first when only the mirror has it; None if neither."""
+        if not path.is_file() and self.mirror_dir is not None and (self.mirror_dir / path.name).is_file():
+            copy_atomic(self.mirror_dir / path.name, path)
+            print(f"restored {path.name} from {self.mirror_dir}")
+        return path if path.is_file() else None
+
+    def load_state(self, num_classes: int | None = None) -> tuple[dict, Path] | None:
+        """(payload, file) to resume from: the state file, else a weights file of the older one-file format."""
+        path = self._fetch(self.state)
+        if path is not None:
+            return load_checkpoint(path, num_classes=num_classes), path
+        path = self._fetch(self.weights)
+        if path is not None:
+            payload = load_checkpoint(path, num_classes=num_classes)
+            if "train" in payload:  # written before the split into two files: best weights + state
+                return payload, path
+        return None
+
+    def load_weights(self, num_classes: int | None = None) -> dict | None:
+        """The weights payload (fetched from the mirror if needed), None when there is none."""
+        path = self._fetch(self.weights)
+        return load_checkpoint(path, num_classes=num_classes) if path is not None else None

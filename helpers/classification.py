@@ -12,14 +12,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .augment import center_resize, normalize, strong_augment, weak_augment
+from .augment import center_resize, normalize, paper_weak_augment, strong_augment, weak_augment
 from .cache import CachedImages
 from .config import Config
-from .consistency import fixmatch_loss, unlabeled_order
+from .consistency import AdaptiveThreshold, DistributionAlignment, consistency_loss, unlabeled_order
 from .engine import FitResult, TrainTask, data_fingerprint, fit_task, spec_of
 from .hardware import autocast, resolve, to_layout
 
 _PROGRESS_MIN_IMAGES = 2048  # predict_proba shows a bar from this many images on
+ADAPTIVE = "adaptive"  # cfg.consistency_threshold for FreeMatch's self-adaptive thresholds
+WEAK_VIEWS = ("crop", "flip_translate")  # cfg.weak_view: the supervised crop view, or FixMatch's
 
 
 @torch.no_grad()
@@ -84,7 +86,7 @@ def evaluate(model: nn.Module, data: CachedImages, cfg: Config, *, tta: bool = F
 
 # ----------------------------------------------------------------------------- training
 def _settings(cfg: Config, train: CachedImages, unlabeled: CachedImages | None, unlabeled_weight: float,
-              threshold: float | None, mu: int) -> dict:
+              threshold: float | str | None, mu: int) -> dict:
     """The run settings a resumed run must share with its checkpoint (epochs may grow)."""
     s = {
         "optimizer": cfg.optimizer, "lr": float(cfg.lr), "weight_decay": float(cfg.weight_decay),
@@ -95,25 +97,55 @@ def _settings(cfg: Config, train: CachedImages, unlabeled: CachedImages | None, 
     }
     if unlabeled is not None:
         s.update(num_unlabeled=len(unlabeled), unlabeled_fingerprint=data_fingerprint(unlabeled),
-                 unlabeled_weight=float(unlabeled_weight), threshold=float(threshold), mu=int(mu))
+                 unlabeled_weight=float(unlabeled_weight), mu=int(mu), weak_view=cfg.weak_view,
+                 threshold=threshold if isinstance(threshold, str) else float(threshold),
+                 distribution_alignment=bool(cfg.distribution_alignment), ema_teacher=bool(cfg.ema_teacher))
+        if threshold == ADAPTIVE:
+            s["threshold_momentum"] = float(cfg.threshold_momentum)
     return s
 
 
+def parse_threshold(value: float | str) -> float | str:
+    """A consistency threshold setting: "adaptive" (FreeMatch) or a probability in [0, 1]."""
+    if isinstance(value, str) and value.strip().lower() == ADAPTIVE:
+        return ADAPTIVE
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number >= 0.0:  # also catches NaN; above 1 keeps no pseudo-label at all
+        raise ValueError(f"consistency threshold {value!r} (cfg.consistency_threshold / IMSUB_CONSISTENCY_THRESHOLD): "
+                         f"expected {ADAPTIVE!r} or a probability between 0 and 1")
+    return number
+
 
 class ClassificationTask(TrainTask):
-    """Supervised cross-entropy on labeled images, plus FixMatch on `unlabeled` when given (what `fit` runs)."""
+    """Supervised cross-entropy on labeled images, plus FixMatch on `unlabeled` when given (what `fit` runs).
+
+    The consistency part follows the config: cfg.weak_view ("crop": the supervised weak view;
+    "flip_translate": FixMatch's), a fixed or adaptive threshold (helpers.consistency), optional
+    distribution alignment, and an optional EMA teacher (cfg.ema_teacher: the engine sets
+    `teacher` to its EMA model, whose weak-view predictions then give the targets).
+    """
 
     num_stats = 6  # loss*n, correct, masked, unlabeled loss*n, pseudo correct, pseudo known
 
     def __init__(self, train: CachedImages, val: CachedImages | None, cfg: Config,
                  unlabeled: CachedImages | None = None, unlabeled_weight: float = 1.0,
-                 threshold: float | None = None, mu: int = 1, augment: bool = True):
+                 threshold: float | str | None = None, mu: int = 1, augment: bool = True,
+                 unlabeled_truth: Tensor | None = None, num_classes: int | None = None):
         self.train, self.val, self.unlabeled, self.cfg = train, val, unlabeled, cfg
         self.augment = bool(augment)
-        self.unlabeled_weight, self.threshold, self.mu = float(unlabeled_weight), threshold, int(mu)
+        self.unlabeled_weight, self.mu = float(unlabeled_weight), int(mu)
+        self.threshold = parse_threshold(threshold) if threshold is not None else None
         self.size = int(cfg.image_size)
         self.smoothing = float(cfg.label_smoothing)
-        self._train = self._val = self._unl = None
+        self.truth = None if unlabeled_truth is None else torch.as_tensor(unlabeled_truth).long().cpu()
+        num_classes = int(num_classes or (int(train.labels.max()) + 1 if len(train) else 1))
+        self.adaptive = AdaptiveThreshold(num_classes, cfg.threshold_momentum) if self.threshold == ADAPTIVE else None
+        self.align = DistributionAlignment(num_classes) if cfg.distribution_alignment else None
+        self.teacher: nn.Module | None = None
+        self._train = self._val = self._unl = self._truth = None
 
     def __len__(self) -> int:
         return len(self.train)
@@ -124,13 +156,30 @@ class ClassificationTask(TrainTask):
             s["augment"] = False  # absent when on, so that earlier checkpoints still resume
         return s
 
+    def set_teacher(self, ema_model: nn.Module | None) -> None:
+        """With cfg.ema_teacher, the EMA model's weak-view predictions become the targets."""
+        self.teacher = ema_model if self.cfg.ema_teacher and self.unlabeled is not None else None
+
+    def state_dict(self) -> dict:
+        """The consistency part's running statistics (adaptive thresholds, alignment), for exact resume."""
+        return {"adaptive": self.adaptive.state_dict() if self.adaptive else None,
+                "align": self.align.state_dict() if self.align else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from `state_dict()`."""
+        if self.adaptive is not None and state.get("adaptive"):
+            self.adaptive.load_state_dict(state["adaptive"])
+        if self.align is not None and state.get("align"):
+            self.align.load_state_dict(state["align"])
+
     def to_device(self, device: torch.device) -> None:
         self._train = self.train.to(device)
         self._val = self.val.to(device) if self.val is not None and len(self.val) else None
         self._unl = self.unlabeled.to(device) if self.unlabeled is not None else None
+        self._truth = self.truth.to(device) if self.truth is not None else None
 
     def release(self) -> None:
-        self._train = self._val = self._unl = None
+        self._train = self._val = self._unl = self._truth = None
 
     def start_epoch(self, steps: int, batch: int, generator: torch.Generator) -> None:
         self.perm = torch.randperm(len(self.train), generator=generator)
@@ -151,7 +200,10 @@ class ClassificationTask(TrainTask):
         ub = self.ubatch
         uidx = self.uorder[i * ub:(i + 1) * ub].to(train.images.device, non_blocking=True)
         uimg = self._unl.images[uidx]
-        xw, _ = weak_augment(uimg, None, self.size, generator)
+        if self.cfg.weak_view == "flip_translate":
+            xw = paper_weak_augment(uimg, self.size, generator)
+        else:
+            xw, _ = weak_augment(uimg, None, self.size, generator)
         xs = strong_augment(uimg, self.size, generator)
         return x, y, (xw, xs, uidx)
 
@@ -161,12 +213,16 @@ class ClassificationTask(TrainTask):
         if unl is not None:
             xw, xs, uidx = unl
             with torch.no_grad():
-                logits_weak = model(to_layout(xw, channels_last))
+                logits_weak = (self.teacher or model)(to_layout(xw, channels_last))
             # one forward pass for the labeled and the strong views: BatchNorm sees both
             logits = model(to_layout(torch.cat([x, xs]), channels_last)).float()
             lx, lu = logits[:batch], logits[batch:]
             loss_x = F.cross_entropy(lx, y, label_smoothing=self.smoothing)
-            loss_u, mask, pseudo = fixmatch_loss(logits_weak, lu, self.threshold)
+            probs_weak = logits_weak.detach().float().softmax(dim=1)
+            if self.align is not None:
+                probs_weak = self.align(probs_weak)
+            threshold = self.adaptive.update(probs_weak) if self.adaptive is not None else self.threshold
+            loss_u, mask, pseudo = consistency_loss(probs_weak, lu, threshold)
             loss = loss_x + self.unlabeled_weight * loss_u
         else:
             lx = model(to_layout(x, channels_last)).float()
@@ -178,7 +234,7 @@ class ClassificationTask(TrainTask):
             if unl is not None:
                 stats[2] = mask.sum()
                 stats[3] = loss_u.detach() * xs.shape[0]
-                truth = self._unl.labels[uidx]
+                truth = self._truth[uidx] if self._truth is not None else self._unl.labels[uidx]
                 known = (truth >= 0).float() * mask
                 stats[4] = ((pseudo == truth).float() * known).sum()
                 stats[5] = known.sum()
@@ -189,7 +245,9 @@ class ClassificationTask(TrainTask):
         if self._unl is not None:
             n_u = steps * self.mu * batch
             record.update(mask_rate=stats[2] / n_u, unlabeled_loss=stats[3] / n_u,
-                          pseudo_acc=stats[4] / stats[5] if stats[5] > 0 else float("nan"))
+                          pseudo_acc=stats[4] / stats[5] if stats[5] > 0 else float("nan"),
+                          threshold=(float(self.adaptive.thresholds().mean()) if self.adaptive is not None
+                                     else float(self.threshold)))
         return record
 
     def postfix(self, stats: list[float], seen: int) -> dict:
@@ -212,22 +270,27 @@ def fit(
     epochs: int | None = None,
     unlabeled: CachedImages | None = None,
     unlabeled_weight: float = 1.0,
-    threshold: float | None = None,
-    mu: int = 1,
+    threshold: float | str | None = None,
+    mu: int | None = None,
+    unlabeled_truth: Tensor | None = None,
     augment: bool = True,
     spec: dict | None = None,
     resume: bool = True,
     progress: bool = True,
 ) -> FitResult:
-    """Train a classifier on the cache (optionally FixMatch on `unlabeled`), checkpoint every epoch, resume.
+    """Train a classifier on the cache (optionally FixMatch on `unlabeled`), checkpointed and resumable.
 
-    unlabeled: when given, each step also takes mu x batch unlabeled images; confident (max prob >=
-      threshold, default cfg.pseudo_threshold) predictions on their weak view supervise their
-      strong view with weight `unlabeled_weight`.
+    unlabeled: when given, each step also takes mu x batch unlabeled images (default
+      cfg.unlabeled_ratio); confident predictions on their weak view supervise their strong view
+      with weight `unlabeled_weight` (helpers.consistency). threshold: a probability, or
+      "adaptive" for FreeMatch's per-class thresholds (default cfg.consistency_threshold).
+    unlabeled_truth: the unlabeled images' true classes where known (the demo), only to measure the
+      accuracy of the online pseudo-labels (history "pseudo_acc"); never used for training.
     augment: False trains on the plain resized images (to measure what augmentation buys).
     spec: the model_spec stored in the checkpoint (default: `model.spec` if the model has one).
-    resume: continue from `cfg.run_dir / f"{run_name}.pt"` if it exists (same settings required);
-      a finished run is returned without training.
+    resume: continue from the run's checkpoint files in cfg.run_dir (helpers.engine: `{run_name}.pt`,
+      `{run_name}.resume.pt`) if they exist (same settings required); a finished run is returned
+      without training.
     The passed model is trained in place and finally holds the best weights (EMA weights if EMA is on).
     """
     spec = spec_of(model, spec)
@@ -241,11 +304,20 @@ def fit(
                          f"{spec['num_classes']} classes")
     use_unlabeled = unlabeled is not None and len(unlabeled) > 0
     if use_unlabeled:
-        threshold = float(cfg.pseudo_threshold if threshold is None else threshold)
+        threshold = parse_threshold(cfg.consistency_threshold if threshold is None else threshold)
+        mu = int(cfg.unlabeled_ratio if mu is None else mu)
         if mu < 1:
-            raise ValueError(f"mu (unlabeled batches per labeled batch) must be >= 1, got {mu}")
+            raise ValueError(f"mu (unlabeled batches per labeled batch, cfg.unlabeled_ratio) must be >= 1, got {mu}")
+        if cfg.weak_view not in WEAK_VIEWS:
+            raise ValueError(f"unknown weak view {cfg.weak_view!r} (cfg.weak_view / IMSUB_WEAK_VIEW); "
+                             f"choose one of {', '.join(WEAK_VIEWS)}")
+        if cfg.ema_teacher and cfg.ema_decay <= 0:
+            raise ValueError("cfg.ema_teacher needs the weight EMA: set ema_decay > 0 (IMSUB_EMA_DECAY)")
+        if unlabeled_truth is not None and len(unlabeled_truth) != len(unlabeled):
+            raise ValueError(f"unlabeled_truth has {len(unlabeled_truth)} labels for {len(unlabeled)} unlabeled images")
+    num_classes = int(spec["num_classes"]) if spec is not None else None
     task = ClassificationTask(train, val, cfg, unlabeled if use_unlabeled else None, unlabeled_weight,
-                              threshold, mu, augment)
+                              threshold, mu or 1, augment, unlabeled_truth if use_unlabeled else None, num_classes)
     return fit_task(model, task, cfg, run_name=run_name, epochs=cfg.epochs if epochs is None else epochs,
                     spec=spec, resume=resume, progress=progress)
 

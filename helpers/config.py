@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .discovery import find_data_root
+
 ENV_PREFIX = "IMSUB_"
 DATASET_DIRNAME = "ImageNet-Subset"
-KAGGLE_INPUT = Path("/kaggle/input")
-COLAB_DRIVE = Path("/content/drive/MyDrive")
 
 
 @dataclass
@@ -22,7 +24,8 @@ class Config:
     preset: str = "cpu"
     data_root: Path | None = None  # the folder holding train-semi/, test/, ... (found if None)
     truth_root: Path | None = None  # hidden truth of the demo data (None for real data)
-    data_source: str = ""  # how data_root was found: "setting", "kaggle", "colab", "local", "demo"
+    data_source: str = ""  # how it was found: "setting", "kaggle", "colab", "drive", "local", "zip", "demo"
+    extract_dir: Path | None = None  # where a dataset zip is extracted once (default data/extracted)
     # data
     image_size: int = 64
     val_per_class: int = 2
@@ -44,9 +47,16 @@ class Config:
     # pseudo-labeling / consistency
     pseudo_rounds: int = 1
     pseudo_epochs: int = 40
-    pseudo_threshold: float = 0.8
-    pseudo_max_per_class: int = 0  # 0: derived from the unlabeled count (2x the mean share per class)
+    pseudo_threshold: float = 0.8  # offline: the teacher's (flip-averaged) confidence needed to keep a pseudo-label
+    pseudo_max_per_class: int = 0  # > 0: at most this many pseudo-labels per class; 0: derived (pseudo_balance)
+    pseudo_balance: float = 0.0  # > 0: cap = this x the mean share of the images above the threshold; 0: 2x N / C
     consistency_weight: float = 1.0  # weight of the FixMatch loss on unlabeled batches while retraining; 0: off
+    consistency_threshold: str = "0.8"  # online (FixMatch): a probability, or "adaptive" (FreeMatch, per class)
+    threshold_momentum: float = 0.99  # EMA memory of the adaptive thresholds (the paper's 0.999 suits 10^6 steps)
+    unlabeled_ratio: int = 1  # unlabeled images per labeled image in a step (FixMatch's mu; the paper uses 7)
+    weak_view: str = "crop"  # the unlabeled weak view: "crop" (as the supervised one) or "flip_translate" (FixMatch)
+    distribution_alignment: bool = False  # ReMixMatch's alignment of the weak-view probabilities
+    ema_teacher: bool = False  # targets from the weight EMA's predictions (needs ema_decay > 0)
     # self-supervised pretraining (notebook 02, helpers.selfsup: SimCLR)
     init: str = "scratch"  # where later models start: "scratch" (random weights) or "ssl" (notebook 02's encoder)
     ssl_epochs: int = 100
@@ -58,25 +68,44 @@ class Config:
     # segmentation
     seg_epochs: int = 40
     seg_lr: float = 2e-3
+    seg_consistency_weight: float = 0.0  # > 0: the U-Net also learns from unlabeled images (dense consistency)
+    seg_consistency_threshold: float = 0.95  # confidence a pixel's weak-view guess needs to become a target
     mask_method: str = "fg+class"  # the shipped masks (helpers.mask_prediction.METHODS); picks the U-Net's best epoch
     # run
+    select_best_epoch: bool = True  # keep the epoch with the best validation score; False: the last (EMA) weights
     seed: int = 0
-    checkpoint_seconds: float = 0.0  # 0: checkpoint after every epoch; > 0: at most that often (+ last epoch)
+    # 0: the resume state after every epoch; > 0: at most that often, and always before the unsaved
+    # training would exceed it (so a kill loses at most this much), and after the last epoch
+    checkpoint_seconds: float = 0.0
     device: str = ""  # "" picks cuda, then mps, then cpu
     amp: bool = True  # mixed precision on CUDA (bf16 on Ampere+, else fp16)
     channels_last: bool = True  # channels_last memory format on CUDA
     cpu_bf16: bool = False  # bf16 autocast + channels_last on CPUs with bf16 instructions: faster, less accurate
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
     cache_dir: Path | None = None
-    run_dir: Path | None = None  # checkpoints and logs of this preset
+    run_dir: Path | None = None  # checkpoints and records of this dataset and preset (default runs/<dataset_tag>/<preset>)
+    # A persistent folder (Drive, /kaggle/working) the checkpoints and records are copied to, and
+    # restored from in a new session. $IMSUB_MIRROR_DIR / get_config(mirror_dir=...) name its base:
+    # get_config appends <dataset_tag>/<preset>. None: everything stays on this machine's disk.
+    mirror_dir: Path | None = None
+    dataset_tag: str = ""  # the data's name + a hash of its annotation file: one run folder per dataset
     submission_dir: Path | None = None
     notes: dict = field(default_factory=dict)
 
     def summary(self) -> str:
-        """A short human-readable listing of the settings that matter."""
+        """A short human-readable listing of the settings that matter, and where the checkpoints go."""
         keys = ["preset", "data_source", "data_root", "device", "image_size", "arch", "small_stem",
-                "epochs", "pseudo_epochs", "seg_epochs", "batch_size", "lr", "seed", "run_dir"]
-        return "\n".join(f"{k:>14}: {getattr(self, k)}" for k in keys)
+                "epochs", "pseudo_epochs", "seg_epochs", "batch_size", "lr", "seed", "cache_dir",
+                "submission_dir", "run_dir"]
+        lines = [f"{k:>14}: {getattr(self, k)}" for k in keys]
+        every = (f"at most every {self.checkpoint_seconds:g} s" if self.checkpoint_seconds > 0
+                 else "after every epoch")
+        lines.append(f"{'checkpoints':>14}: best weights when they improve, resume state {every} "
+                     "and after the last epoch")
+        lines.append(f"{'mirror_dir':>14}: " + (str(self.mirror_dir) if self.mirror_dir else
+                     "none: checkpoints stay on this machine (IMSUB_MIRROR_DIR copies them to Drive "
+                     "or /kaggle/working)"))
+        return "\n".join(lines)
 
 
 PRESETS: dict[str, dict] = {
@@ -88,7 +117,7 @@ PRESETS: dict[str, dict] = {
                 checkpoint_seconds=20.0, ssl_epochs=30, ssl_image_size=48, ssl_batch_size=64),
     # a Colab T4 / Kaggle GPU: the full run on the real data (not yet timed on a GPU)
     "gpu": dict(image_size=160, epochs=150, pseudo_epochs=100, seg_epochs=100, batch_size=64,
-                ema_decay=0.999, ssl_epochs=200, ssl_batch_size=256),
+                ema_decay=0.999, checkpoint_seconds=110.0, ssl_epochs=200, ssl_batch_size=256),
 }
 
 
@@ -117,54 +146,24 @@ def pick_device(requested: str = "") -> str:
     return "cpu"
 
 
-def _is_dataset(folder: Path) -> bool:
-    return (folder / "train-semi").is_dir() and (folder / "train_semi_annotations_with_seg_ids.json").is_file()
-
-
-def _search(base: Path, max_depth: int) -> Path | None:
-    """The first folder at most `max_depth` levels below `base` that holds the challenge layout."""
-    if not base.is_dir():
-        return None
-    level = [base]
-    for _ in range(max_depth + 1):
-        for folder in sorted(level):
-            if _is_dataset(folder):
-                return folder
-        level = [child for folder in level for child in _subdirs(folder)]
-    return None
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    try:
-        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError:
-        return []
-
-
-def find_data_root(explicit: str | os.PathLike | None = None, root: Path | None = None) -> tuple[Path | None, str]:
-    """Find the data: explicit setting, Kaggle inputs, Colab Drive, data/ImageNet-Subset; (None, "demo") if none."""
-    root = root or project_root()
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not _is_dataset(path):
-            found = _search(path, 2)
-            if found is None:
-                raise FileNotFoundError(
-                    f"{path}: no challenge data here (expected train-semi/ and "
-                    "train_semi_annotations_with_seg_ids.json); fix IMSUB_DATA_ROOT or data_root")
-            path = found
-        return path.resolve(), "setting"
-    for base, source, depth in ((KAGGLE_INPUT, "kaggle", 3), (COLAB_DRIVE, "colab", 2),
-                                (root / "data" / DATASET_DIRNAME, "local", 1)):
-        found = _search(base, depth)
-        if found is not None:
-            return found.resolve(), source
-    return None, "demo"
-
-
 def demo_dir(root: Path | None = None) -> Path:
     """Where the generated demo data lives."""
     return (root or project_root()) / "data" / "demo"
+
+
+def dataset_tag(data_root: str | os.PathLike, demo: bool = False) -> str:
+    """A folder name per dataset: its name and a hash of its annotation file (of its path if unreadable).
+
+    The same data gets the same tag wherever it sits (Drive, /content, /kaggle/input), so a new
+    session finds its checkpoints; the demo and the real data never share one.
+    """
+    root = Path(data_root)
+    name = root.parent.name if demo or (root.parent / "demo_info.json").is_file() else root.name
+    try:
+        digest = hashlib.sha1((root / "train_semi_annotations_with_seg_ids.json").read_bytes())
+    except OSError:
+        digest = hashlib.sha1(str(root.resolve()).encode())
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name).strip('-.')[:40] or 'data'}-{digest.hexdigest()[:8]}"
 
 
 def _coerce(value: str, current, name: str):
@@ -182,7 +181,7 @@ def _coerce(value: str, current, name: str):
     return value
 
 
-_PATH_FIELDS = {"data_root", "truth_root", "cache_dir", "run_dir", "submission_dir", "encoder_weights"}
+_PATH_FIELDS = {"data_root", "truth_root", "extract_dir", "cache_dir", "run_dir", "mirror_dir", "submission_dir", "encoder_weights"}
 
 
 def get_config(preset: str | None = None, *, prepare_data: bool = True, **overrides) -> Config:
@@ -211,18 +210,38 @@ def get_config(preset: str | None = None, *, prepare_data: bool = True, **overri
     root = project_root()
     cfg.device = pick_device(cfg.device)
     cfg.cache_dir = Path(cfg.cache_dir or root / "cache")
-    cfg.run_dir = Path(cfg.run_dir or root / "runs" / preset)
-    cfg.submission_dir = Path(cfg.submission_dir or (root / "submission" if preset != "smoke"
-                                                     else cfg.run_dir / "submission"))
-    data_root, source = find_data_root(cfg.data_root, root)
+    data_root, source = find_data_root(cfg.data_root, root, cfg.extract_dir)
     if data_root is None:
         data_root, cfg.truth_root = _demo_paths(root, cfg.demo_full, prepare_data)
     cfg.data_root, cfg.data_source = data_root, source
     if cfg.truth_root is None and (data_root.parent / "demo_info.json").is_file():
         cfg.truth_root = data_root.parent / "truth"  # a demo dataset given explicitly keeps its truth
+    cfg.dataset_tag = cfg.dataset_tag or dataset_tag(data_root, demo=source == "demo")
+    cfg.run_dir = Path(cfg.run_dir or root / "runs" / cfg.dataset_tag / preset)
+    cfg.submission_dir = Path(cfg.submission_dir or (root / "submission" if preset != "smoke"
+                                                     else cfg.run_dir / "submission"))
+    if cfg.mirror_dir:
+        base = Path(cfg.mirror_dir).expanduser()
+        if not base.parent.is_dir():
+            raise FileNotFoundError(
+                f"IMSUB_MIRROR_DIR={base}: its parent folder {base.parent} does not exist. On Colab, "
+                "mount Drive first (drive.mount('/content/drive')); else point it at an existing folder")
+        cfg.mirror_dir = base / cfg.dataset_tag / preset
+        _restore(cfg.run_dir, cfg.mirror_dir)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     return cfg
+
+
+def _restore(run_dir: Path, mirror_dir: Path) -> None:
+    """A new session: copy the best weights and records the mirror holds and this machine lacks."""
+    from .checkpoints import restore_missing
+
+    copied = restore_missing(run_dir, mirror_dir)
+    if copied:
+        size = sum(p.stat().st_size for p in copied) / 2**20
+        print(f"restored {len(copied)} files ({size:.0f} MB) from {mirror_dir} into {run_dir}: "
+              + ", ".join(p.name for p in copied))
 
 
 def _demo_paths(root: Path, full: bool, prepare: bool) -> tuple[Path, Path]:

@@ -8,10 +8,12 @@ precision and channels_last as helpers.hardware decides, gradient clipping, an o
 Conventions:
 - The model's description (helpers.models.model_spec) is taken from `spec=`, else from an attribute
   `model.spec`; it is stored in the checkpoint so the model can be rebuilt later.
-- Checkpoint `cfg.run_dir / f"{run_name}.pt"`, written atomically after every epoch (at most every
-  cfg.checkpoint_seconds when that is > 0, and always after the last). Its "model" entry is the BEST
-  weights so far (EMA weights when EMA is on): what inference and encoder transfer load. The state
-  needed to resume (current weights, optimizer, EMA, step, RNG states) is under "train".
+- Two checkpoint files in cfg.run_dir (helpers.checkpoints.TrainingFiles), written atomically at most
+  every cfg.checkpoint_seconds (0: after every epoch) and always after the last epoch, and copied to
+  cfg.mirror_dir when it is set: `{run_name}.pt` holds the BEST weights so far (EMA weights when EMA
+  is on) under "model", what inference and encoder transfer load, and is rewritten only when the best
+  improved; `{run_name}.resume.pt` holds what resuming needs (current weights, optimizer, GradScaler,
+  EMA, step, RNG states) under "train". Both carry the history and the best epoch.
 - The learning rate is the given lr (no batch-size scaling). Weight decay skips biases and norm weights.
 - Batches come from the task, which indexes its uint8 cache on the training device and augments
   there (helpers.augment): no DataLoader, no decoding after the cache is built.
@@ -30,7 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .cache import CachedImages
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import STATE_SUFFIX, SaveStats, TrainingFiles
 from .config import Config
 from .ema import EMA, cpu_state
 from .hardware import autocast, needs_grad_scaler, resolve
@@ -50,6 +52,8 @@ class FitResult:
     resumed_from: int = 0  # epochs already done in the checkpoint it resumed from (0: fresh run)
     metric: str = "val_acc"  # the history key that picked the best epoch
     best_value: float = float("nan")  # its value at the best epoch (== best_val_acc for classifiers)
+    resume_file: Path | None = None  # the resume state next to `checkpoint`
+    checkpoint_stats: SaveStats | None = None  # saves, bytes and seconds spent checkpointing in this call
 
 
 
@@ -103,16 +107,23 @@ def spec_of(model: nn.Module, spec: dict | None) -> dict | None:
     return dict(spec) if spec is not None else None
 
 
+def _start_over(path: Path) -> str:
+    """The advice of a refused resume: which files to delete, or how to train anew without deleting."""
+    run = path.name.removesuffix(STATE_SUFFIX).removesuffix(".pt")
+    return (f"delete {run}.pt and {run}{STATE_SUFFIX} in {path.parent}, pass resume=False, "
+            "or use another run_name")
+
+
 def _check_resume(path: Path, ckpt: dict, spec: dict | None, settings: dict) -> None:
     """ValueError naming the file when the checkpoint belongs to another model or run settings."""
     if ckpt.get("format") != CHECKPOINT_FORMAT or "train" not in ckpt:
-        raise ValueError(f"checkpoint {path} is not a resumable training checkpoint of helpers.training.fit; "
-                         "delete it, pass resume=False, or use another run_name")
+        raise ValueError(f"checkpoint {path} is not a resumable training checkpoint of helpers.engine.fit_task; "
+                         + _start_over(path))
     old_spec = ckpt.get("model_spec")
     if spec is not None and old_spec is not None and old_spec != spec:
         diff = sorted(k for k in set(spec) | set(old_spec) if spec.get(k) != old_spec.get(k))
         raise ValueError(f"checkpoint {path} holds another model (model_spec differs in {diff}); "
-                         "delete it, pass resume=False, or use another run_name")
+                         + _start_over(path))
     old = ckpt.get("settings", {})
     diff = sorted(k for k in set(settings) | set(old) if settings.get(k) != old.get(k))
     if diff:
@@ -120,7 +131,7 @@ def _check_resume(path: Path, ckpt: dict, spec: dict | None, settings: dict) -> 
         if any("fingerprint" in k for k in diff):
             shown = (shown + ", " if shown else "") + "the training images or labels changed"
         raise ValueError(f"checkpoint {path} was written with other run settings ({shown}); "
-                         "delete it, pass resume=False, or use another run_name")
+                         + _start_over(path))
 
 
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
@@ -137,6 +148,39 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
 
+
+
+def _no_best() -> dict:
+    return {"value": -math.inf, "tie": math.inf, "epoch": 0, "state": None}
+
+
+def _head(run_name: str, spec: dict | None, settings: dict, epoch: int, epochs: int, history: list[dict],
+          best: dict, best_key: str, tie_key: str) -> dict:
+    """The entries both checkpoint files carry."""
+    return {"format": CHECKPOINT_FORMAT, "run_name": run_name, "model_spec": spec, "settings": settings,
+            "epoch": epoch, "epochs": epochs, "history": history, best_key: best["value"],
+            tie_key: best["tie"], "best_epoch": best["epoch"]}
+
+
+def _resumed_best(ckpt: dict, path: Path, files: TrainingFiles, best_key: str, tie_key: str,
+                  num_classes: int | None) -> tuple[dict, bool]:
+    """The best epoch a resumed run continues from, and whether its weights file must be (re)written."""
+    best = {"value": float(ckpt[best_key]), "tie": float(ckpt[tie_key]), "epoch": int(ckpt["best_epoch"]),
+            "state": ckpt.get("model")}
+    if best["state"] is not None:  # the older one-file format: rewrite it as two files at the next save
+        return best, True
+    weights = files.load_weights(num_classes)
+    saved_epoch = int(weights.get("best_epoch", -1)) if weights is not None and best_key in weights else -1
+    if saved_epoch == best["epoch"]:
+        return {**best, "state": weights["model"]}, False
+    if saved_epoch > int(ckpt["epoch"]):
+        # Killed between writing the weights and the state: these weights come from an epoch the
+        # resumed run trains again. Kept as the best so far (an identical run re-finds them).
+        return {"value": float(weights[best_key]), "tie": float(weights[tie_key]), "epoch": saved_epoch,
+                "state": weights["model"]}, False
+    warnings.warn(f"{files.weights} does not hold the best weights (epoch {best['epoch']}) that {path} "
+                  "records; the best epoch is chosen again among the epochs still to train", stacklevel=3)
+    return _no_best(), False
 
 
 class TrainTask:
@@ -167,6 +211,16 @@ class TrainTask:
 
     def release(self) -> None:
         """Drop the device copies made by `to_device`."""
+
+    def set_teacher(self, ema_model: nn.Module | None) -> None:
+        """Called once before training with the weight EMA's model (None without EMA); tasks may use it."""
+
+    def state_dict(self) -> dict:
+        """The task's own running state (e.g. adaptive thresholds), saved in checkpoints for exact resume."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
 
     def start_epoch(self, steps: int, batch: int, generator: torch.Generator) -> None:
         """Draw the epoch's sample order from `generator`."""
@@ -216,7 +270,10 @@ def fit_task(
     spec = spec_of(model, spec)
     base_lr = float(cfg.lr if lr is None else lr)
     settings = task.settings()
-    path = Path(cfg.run_dir) / f"{run_name}.pt"
+    if not cfg.select_best_epoch:
+        settings["select_best_epoch"] = False  # absent when on, so that earlier checkpoints still resume
+    files = TrainingFiles(cfg.run_dir, run_name, every_seconds=cfg.checkpoint_seconds,
+                          mirror_dir=cfg.mirror_dir)
 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -227,6 +284,7 @@ def fit_task(
     scaler = torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu",
                                   enabled=needs_grad_scaler(amp))
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    task.set_teacher(ema.model if ema is not None else None)
     generator = torch.Generator().manual_seed(int(cfg.seed))
 
     batch = min(int(cfg.batch_size), len(task))
@@ -236,27 +294,30 @@ def fit_task(
     best_key, tie_key = f"best_{task.metric}", f"best_{task.tie_break}"
 
     history: list[dict] = []
-    best = {"value": -math.inf, "tie": math.inf, "epoch": 0, "state": None}
+    best = _no_best()
+    best_dirty = False  # the best changed since the weights file was written
     start_epoch, step = 0, 0
-    if resume and path.exists():
-        ckpt = load_checkpoint(path, num_classes=spec["num_classes"] if spec else None, map_location="cpu")
+    num_classes = spec["num_classes"] if spec else None
+    found = files.load_state(num_classes) if resume else None
+    if found is not None:
+        ckpt, path = found
         _check_resume(path, ckpt, spec, settings)
         tr = ckpt["train"]
         try:
             model.load_state_dict(tr["model"])
         except RuntimeError as exc:
             raise ValueError(f"checkpoint {path} does not fit this model ({exc}); "
-                             "delete it, pass resume=False, or use another run_name") from exc
+                             + _start_over(path)) from exc
         optimizer.load_state_dict(tr["optimizer"])
         if tr.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(tr["scaler"])
         if ema is not None and tr.get("ema") is not None:
             ema.load_state_dict(tr["ema"])
+        task.load_state_dict(tr.get("task") or {})
         _set_rng_state(tr["rng"], generator)
         step, start_epoch = int(tr["step"]), int(ckpt["epoch"])
         history = list(ckpt["history"])
-        best = {"value": float(ckpt[best_key]), "tie": float(ckpt[tie_key]),
-                "epoch": int(ckpt["best_epoch"]), "state": ckpt["model"]}
+        best, best_dirty = _resumed_best(ckpt, path, files, best_key, tie_key, num_classes)
         if int(ckpt.get("epochs", epochs)) != epochs and start_epoch < epochs:
             warnings.warn(f"{path}: planned for {ckpt.get('epochs')} epochs, continuing to {epochs}; "
                           "the learning-rate schedule changes from here on", stacklevel=3)
@@ -268,7 +329,6 @@ def fit_task(
         bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, desc=run_name, unit="step",
                    disable=not progress, dynamic_ncols=True)
         try:
-            last_save = time.perf_counter()
             for epoch in range(start_epoch, epochs):
                 record, step, stats, seen = _train_epoch(
                     model, optimizer, scaler, ema, task, device, amp, channels_last, float(cfg.grad_clip),
@@ -280,41 +340,44 @@ def fit_task(
                 record["seconds"] += time.perf_counter() - t0
                 history.append(record)
                 value, tie = record[task.metric], record[task.tie_break]
-                if math.isnan(value):
-                    improved = True  # no validation: the latest epoch is the best
+                if math.isnan(value) or not cfg.select_best_epoch:
+                    improved = True  # no validation, or a fixed schedule: the latest epoch is kept
                 else:
                     improved = value > best["value"] or (value == best["value"] and tie <= best["tie"])
                 if improved:
                     best = {"value": value, "tie": tie, "epoch": epoch + 1, "state": cpu_state(eval_model)}
+                    best_dirty = True
                 bar.set_postfix(ep=f"{epoch + 1}/{epochs}", **task.postfix(stats, seen),
                                 val=f"{value:.3f}", refresh=True)
-                # Every epoch by default; cfg.checkpoint_seconds > 0 saves at most that often (and
-                # always after the last epoch), for runs whose epochs take less time than the save.
-                due = time.perf_counter() - last_save >= cfg.checkpoint_seconds or epoch + 1 == epochs
-                if not due:
+                if not files.due(last_epoch=epoch + 1 == epochs):
                     continue
-                last_save = time.perf_counter()
-                save_checkpoint(path, {
-                    "format": CHECKPOINT_FORMAT, "run_name": run_name, "model_spec": spec,
-                    "settings": settings, "epoch": epoch + 1, "epochs": epochs, "history": history,
-                    best_key: best["value"], tie_key: best["tie"], "best_epoch": best["epoch"],
-                    "model": best["state"],
-                    "train": {"model": cpu_state(model), "optimizer": optimizer.state_dict(),
-                              "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None,
-                              "step": step, "rng": _rng_state(generator, device)},
-                })
+                head = _head(run_name, spec, settings, epoch + 1, epochs, history, best, best_key, tie_key)
+                files.save({**head, "train": {
+                    "model": cpu_state(model), "optimizer": optimizer.state_dict(), "task": task.state_dict(),
+                    "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None,
+                    "step": step, "rng": _rng_state(generator, device)}},
+                    weights={**head, "model": best["state"]} if best_dirty else None)
+                best_dirty = False
         finally:
             bar.close()
             task.release()
 
+    if best["state"] is None and history:
+        # a finished run whose best weights were lost: its final (EMA) weights stand in for them
+        eval_model = ema.model if ema is not None else model
+        best = {"value": history[-1][task.metric], "tie": history[-1][task.tie_break],
+                "epoch": len(history), "state": cpu_state(eval_model)}
+        files.save_weights({**_head(run_name, spec, settings, len(history), epochs, history, best,
+                                    best_key, tie_key), "model": best["state"]})
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
     best_value = best["value"] if best["value"] > -math.inf else float("nan")
     return FitResult(history=history, best_val_acc=best_value if task.metric == "val_acc" else float("nan"),
-                     best_epoch=best["epoch"], model=model, checkpoint=path,
+                     best_epoch=best["epoch"], model=model, checkpoint=files.weights,
                      resumed_from=start_epoch if resume and start_epoch else 0,
-                     metric=task.metric, best_value=best_value)
+                     metric=task.metric, best_value=best_value, resume_file=files.state,
+                     checkpoint_stats=files.stats)
 
 
 def _train_epoch(model, optimizer, scaler, ema, task, device, amp, channels_last, grad_clip, generator,

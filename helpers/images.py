@@ -10,7 +10,9 @@ PNGs named .JPEG, RGBA PNGs and GIFs named .jpg). `load_image` handles all of th
 - images with alpha (RGBA, LA, PA, P with a transparent colour) are composited on black:
   fully transparent pixels become (0, 0, 0) whatever colour the file stores under them;
 - animated GIFs give their first frame;
-- a truncated file loads with its missing part filled in, and a warning naming it.
+- a truncated file loads with its missing part filled in, and a warning naming it;
+- an empty file, a file that is no image, or one over PIL's decompression-bomb limit raises
+  ImageLoadError naming the file and what to do.
 """
 from __future__ import annotations
 
@@ -35,8 +37,9 @@ class ImageLoadError(ValueError):
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
-    """True if the file name ends with one of IMAGE_EXTENSIONS (case-insensitive)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    """True if the name ends with one of IMAGE_EXTENSIONS (any case) and is not hidden (macOS `._x.JPEG`)."""
+    name = Path(path).name
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _not_found(path: Path) -> FileNotFoundError:
@@ -47,8 +50,21 @@ def _not_found(path: Path) -> FileNotFoundError:
 
 
 def _undecodable(path: Path, err: BaseException) -> ImageLoadError:
+    """The error for a file that is not a decodable image, with what to do about it."""
+    if isinstance(err, Image.DecompressionBombError):
+        return ImageLoadError(
+            f"{path}: refused as a possible decompression bomb ({err}). If the image is genuine, allow "
+            "it with `PIL.Image.MAX_IMAGE_PIXELS = None` before loading; else replace the file")
+    try:
+        empty = path.is_file() and path.stat().st_size == 0
+    except OSError:
+        empty = False
+    if empty:
+        return ImageLoadError(f"{path}: the file is empty (0 bytes), an incomplete download or extraction; "
+                              "replace it with a good copy")
     return ImageLoadError(
-        f"{path}: cannot be decoded as an image ({type(err).__name__}: {err}); replace or delete it"
+        f"{path}: cannot be decoded as an image ({type(err).__name__}: {err}); replace it with a good "
+        "copy, or delete it if it is not an image of the dataset"
     )
 
 

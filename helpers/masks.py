@@ -106,6 +106,46 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return rgb_to_ids(rgb)
 
 
+def _colour(code: int) -> str:
+    return f"({code & 255}, {(code >> 8) & 255}, {code >> 16})"
+
+
+def read_label_mask(path: str | os.PathLike, class_id: int, num_classes: int) -> np.ndarray:
+    """A labeled image's mask as a uint8 class-index map (see `ids_to_index`), its colours checked.
+
+    A labeled image has one class: its mask may hold only background (0, 0, 0), its class
+    (class_id + 1, 0, 0) and ignore (232, 3, 0). Any other colour is an error naming the file, the
+    colours and their pixel counts (class_id < 0: any class of the dataset is accepted).
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("L", "I", "I;16"):
+                code = np.asarray(im, dtype=np.int32)  # a single-channel mask stores ids directly
+            else:
+                rgb = np.asarray(im.convert("RGB")).astype(np.int32)
+                code = rgb[..., 0] + (rgb[..., 1] << 8) + (rgb[..., 2] << 16)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: mask file not found") from None
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for broken files
+        raise ValueError(f"{path}: cannot be read as a PNG mask ({type(e).__name__}: {e}); replace the file") from None
+    ok = (code == BACKGROUND_ID) | (code == IGNORE_ID)
+    ok |= (code >= 1) & (code <= num_classes) if class_id < 0 else code == class_to_id(class_id)
+    if not ok.all():
+        values, counts = np.unique(code[~ok], return_counts=True)
+        order = np.argsort(-counts)[:6]
+        found = ", ".join(
+            f"{_colour(int(values[i]))} x {counts[i]} px"
+            + (f" (class {int(values[i]) - 1})" if 1 <= values[i] <= num_classes else " (no id of this dataset)")
+            for i in order)
+        own = f"its class {_colour(class_to_id(class_id))}" if class_id >= 0 else f"a class 1..{num_classes}"
+        raise ValueError(
+            f"{path}: the mask holds colours other than background (0, 0, 0), {own} and ignore (232, 3, 0): "
+            f"{found}. Each labeled image shows one class, with id = R + G*256; fix the mask (no "
+            "anti-aliasing, nearest-neighbour resizing) or remove its entry from the annotation JSON")
+    return ids_to_index(code, num_classes, source=path)
+
+
 def write_mask(path: str | os.PathLike, ids) -> None:
     """Write an id map (numpy or torch, H x W) as an RGB PNG encoding id = R + G*256."""
     if not isinstance(ids, np.ndarray):

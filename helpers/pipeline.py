@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .cache import CachedImages, load_cached
-from .checkpoints import load_checkpoint
+from .checkpoints import load_checkpoint, mirror_file
 from .config import Config
 from .data import DatasetIndex, Sample, load_index, split_labeled
 from .models import build_classifier, classifier_from_spec, model_spec
@@ -127,6 +127,7 @@ def record(cfg: Config, **values) -> dict:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(current, indent=2))
     os.replace(tmp, path)
+    mirror_file(path, cfg.mirror_dir)  # a new session (or the next Colab notebook) restores it
     return current
 
 
@@ -139,3 +140,28 @@ def load_record(cfg: Config) -> dict:
 def chosen_classifier(cfg: Config) -> str:
     """The classifier run the earlier notebooks chose (the baseline if 03 has not run)."""
     return load_record(cfg).get("classifier", BASELINE_RUN)
+
+
+def stored_pseudo_labels(cfg: Config, name: str, teacher_run: str, keys: list[str], select,
+                         settings: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, labels) of a pseudo-label selection, stored in run_dir/<name>.json and reused while valid.
+
+    `select()` computes it. A rerun (after a disconnect, say) reuses the stored selection as long as
+    the teacher's checkpoint, the unlabeled images and `settings` (threshold, cap) are the same: recomputing it on a GPU can move
+    an image across the threshold by a rounding difference, and the student's resume would then see
+    other training images and refuse to continue.
+    """
+    path = Path(cfg.run_dir) / f"{name}.json"
+    teacher = checkpoint_path(cfg, teacher_run)
+    stamp = {"teacher": teacher.name, "teacher_sha1": hashlib.sha1(teacher.read_bytes()).hexdigest(),
+             "keys_sha1": hashlib.sha1("\n".join(keys).encode()).hexdigest(), "settings": settings or {}}
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if all(stored.get(k) == v for k, v in stamp.items()):
+            return torch.tensor(stored["indices"], dtype=torch.long), torch.tensor(stored["labels"], dtype=torch.long)
+    indices, labels = select()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**stamp, "indices": indices.tolist(), "labels": labels.tolist()}))
+    os.replace(tmp, path)
+    return indices, labels

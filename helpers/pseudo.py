@@ -46,6 +46,20 @@ def default_max_per_class(num_unlabeled: int, num_classes: int, factor: float = 
     return max(1, math.ceil(factor * num_unlabeled / num_classes))
 
 
+def per_class_cap(probs: Tensor, threshold: float, explicit: int = 0, balance: float = 0.0) -> int:
+    """The per-class cap of a selection: `explicit` if > 0; with `balance` > 0, balance x the mean share
+    of the images above the threshold (so that it binds as soon as one class holds more than that);
+    else 2x the mean share of all unlabeled images (a loose cap that rarely binds)."""
+    _check_probs(probs)
+    num_classes = probs.shape[1]
+    if explicit > 0:
+        return int(explicit)
+    if balance > 0:
+        kept = int((probs.detach().float().max(dim=1).values >= threshold).sum())
+        return max(1, math.ceil(balance * kept / num_classes))
+    return default_max_per_class(probs.shape[0], num_classes)
+
+
 def pseudo_label_stats(labels: Tensor, num_classes: int) -> Tensor:
     """Number of pseudo-labels per class, a long tensor [num_classes]."""
     labels = torch.as_tensor(labels).long().flatten().cpu()

@@ -4,6 +4,11 @@
 run's settings passed as IMSUB_* environment variables, so the headless job performs exactly the
 notebooks' steps with the same helpers functions. Training resumes from its checkpoints, so an
 interrupted run picks up where it stopped when started again.
+
+A run holds `run_dir/run.lock` (helpers.fileops.folder_lock): a second run on the same run folder
+stops with a message naming the first. The kernels are not in the runner's process group
+(jupyter_client starts each in its own session); when the runner is killed, ipykernel's parent
+poller ends them within a second, and a restarted run ends any left over before it starts.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .config import ENV_PREFIX, project_root
+from .fileops import folder_lock
 
 
 def notebooks_dir() -> Path:
@@ -83,29 +89,70 @@ def execute_notebook(path: Path, executed_dir: Path, timeout: int | None = None)
     return time.perf_counter() - start
 
 
+def _orphan_kernels(run_dir: Path) -> list:
+    """Kernels of an earlier run of `run_dir` whose runner is gone (psutil processes; [] without psutil)."""
+    try:
+        import psutil
+    except ImportError:
+        return []
+    found = []
+    for proc in psutil.process_iter(["ppid"]):
+        try:
+            env = proc.environ()
+            parent = int(env.get("JPY_PARENT_PID") or 0)
+            if (parent and env.get(ENV_PREFIX + "RUN_DIR") == str(run_dir) and proc.info["ppid"] != parent
+                    and proc.pid != os.getpid()):
+                found.append(proc)
+        except (psutil.Error, OSError, ValueError):
+            continue
+    return found
+
+
+def _clean_up_after_kill(run_dir: Path) -> None:
+    """Before a run starts (holding the lock): end orphaned kernels, remove partial `*.tmp` files."""
+    for proc in _orphan_kernels(run_dir):
+        print(f"ending kernel {proc.pid} left running by an interrupted run of {run_dir}")
+        try:
+            proc.kill()
+            proc.wait(10)
+        except Exception:  # noqa: BLE001 - it may have ended on its own meanwhile
+            pass
+    for tmp in sorted(run_dir.glob("*.tmp")):
+        if tmp.is_file():
+            print(f"removing {tmp.name}, a partial file left by an interrupted run")
+            tmp.unlink(missing_ok=True)
+
+
 def run(preset: str, data_root: str | None = None, out: str | None = None,
         only: list[str] | None = None) -> dict:
-    """Execute the notebooks for a preset/data/output, then return the run's summary with stage times."""
+    """Execute the notebooks for a preset/data/output, then return the run's summary with stage times.
+
+    Raises helpers.fileops.FolderInUseError when another run uses the same run folder.
+    """
     from .config import get_config
     from .pipeline import load_record, record
 
     settings = run_settings(preset, data_root, out)
     notebooks = list_notebooks(only)
     with _environment(settings):
-        cfg = get_config()  # resolves the data (generating the demo once) before the kernels start
-        executed = (Path(out).expanduser().resolve() if out else project_root() / "build") / "notebooks"
-        print(f"preset {cfg.preset}, data {cfg.data_root} ({cfg.data_source}), checkpoints {cfg.run_dir}")
-        times = dict(load_record(cfg).get("stage_seconds", {}))
-        for nb in notebooks:
-            print(f"== {nb.name}", flush=True)
-            try:
-                times[nb.stem] = round(execute_notebook(nb, executed), 1)
-            except Exception as exc:
-                raise RuntimeError(f"{nb.name} failed: {str(exc)[-2000:]}\nThe executed copy with the "
-                                   f"error is {executed / nb.name}") from None
-            print(f"   done in {times[nb.stem]:.0f} s", flush=True)
-            record(cfg, stage_seconds=times)
-        return load_record(cfg)
+        run_dir = Path(get_config(prepare_data=False).run_dir).resolve()
+        # Every kernel gets the run folder in its environment, which is how a later run recognises orphans.
+        with _environment({ENV_PREFIX + "RUN_DIR": str(run_dir)}), folder_lock(run_dir, "run folder"):
+            _clean_up_after_kill(run_dir)
+            cfg = get_config()  # resolves the data (generating the demo once) before the kernels start
+            executed = (Path(out).expanduser().resolve() if out else project_root() / "build") / "notebooks"
+            print(f"preset {cfg.preset}, data {cfg.data_root} ({cfg.data_source}), checkpoints {cfg.run_dir}")
+            times = dict(load_record(cfg).get("stage_seconds", {}))
+            for nb in notebooks:
+                print(f"== {nb.name}", flush=True)
+                try:
+                    times[nb.stem] = round(execute_notebook(nb, executed), 1)
+                except Exception as exc:
+                    raise RuntimeError(f"{nb.name} failed: {str(exc)[-2000:]}\nThe executed copy with the "
+                                       f"error is {executed / nb.name}") from None
+                print(f"   done in {times[nb.stem]:.0f} s", flush=True)
+                record(cfg, stage_seconds=times)
+            return load_record(cfg)
 
 
 def format_summary(summary: dict) -> str:

@@ -3,8 +3,8 @@
 Training runs on helpers.engine's loop (`fit_task`) with a segmentation task: batches from the
 uint8 cache on the device, one affine warp for each image and its mask (augment.weak_augment),
 `segmentation_loss` (CE with ignore + fg BCE + fg Dice), cfg.seg_lr with warmup and cosine, mixed
-precision and channels_last as helpers.hardware decides, EMA if cfg.ema_decay > 0, a checkpoint
-every epoch and exact resume. Validation measures the mIoU at the cache resolution; the real score
+precision and channels_last as helpers.hardware decides, EMA if cfg.ema_decay > 0, checkpoints
+(helpers.engine's policy) and exact resume. Validation measures the mIoU at the cache resolution; the real score
 is helpers.mask_prediction.evaluate_segmentation, at the original resolution against the mask files.
 """
 from __future__ import annotations
@@ -21,9 +21,10 @@ from .cache import CachedImages
 from .checkpoints import load_checkpoint
 from .config import Config
 from .data import DatasetIndex
-from .engine import FitResult, TrainTask, fit_task
+from .consistency import unlabeled_order
+from .engine import FitResult, TrainTask, data_fingerprint, fit_task
 from .hardware import autocast, resolve, to_layout
-from .augment import weak_augment
+from .augment import paired_views, weak_augment
 from .mask_prediction import METHODS, masks_from_predictions, model_inputs, resize_maps, segmenter_classes
 from .masks import IGNORE_INDEX, index_to_ids
 from .metrics import SegmentationScore, segmentation_counts
@@ -133,16 +134,17 @@ class SegmentationTask(TrainTask):
     metric = "val_miou"
     tie_break = "val_loss"
     val_keys = ("val_loss", "val_miou", "val_fg_iou", *(f"val_miou_{m}" for m in METHODS))
-    num_stats = 3  # loss*n, correct pixels, valid pixels
+    num_stats = 5  # loss*n, correct pixels, valid pixels, confident unlabeled pixels, unlabeled pixels
 
     def __init__(self, train: CachedImages, val: CachedImages | None, cfg: Config, num_classes: int,
                  fg_weight: float = 1.0, dice_weight: float = 1.0, method: str = "pixel",
-                 class_probs: Tensor | None = None):
+                 class_probs: Tensor | None = None, unlabeled: CachedImages | None = None):
         self.train, self.val, self.cfg, self.num_classes = train, val, cfg, int(num_classes)
         self.fg_weight, self.dice_weight = float(fg_weight), float(dice_weight)
-        self.method, self.class_probs = method, class_probs
+        self.method, self.class_probs, self.unlabeled = method, class_probs, unlabeled
         self.size = int(cfg.image_size)
-        self._train = self._val = None
+        self.teacher: nn.Module | None = None
+        self._train = self._val = self._unl = None
 
     def __len__(self) -> int:
         return len(self.train)
@@ -156,36 +158,70 @@ class SegmentationTask(TrainTask):
             "warmup_epochs": int(cfg.warmup_epochs), "grad_clip": float(cfg.grad_clip), "seed": int(cfg.seed),
             "fg_weight": self.fg_weight, "dice_weight": self.dice_weight, "mask_method": self.method,
             "num_train": len(self.train), "train_fingerprint": _masks_fingerprint(self.train),
+            **({} if self.unlabeled is None else {
+                "num_unlabeled": len(self.unlabeled), "unlabeled_fingerprint": data_fingerprint(self.unlabeled),
+                "seg_consistency_weight": float(cfg.seg_consistency_weight),
+                "seg_consistency_threshold": float(cfg.seg_consistency_threshold),
+                "mu": int(cfg.unlabeled_ratio), "ema_teacher": bool(cfg.ema_teacher)}),
         }
+
+    def set_teacher(self, ema_model: nn.Module | None) -> None:
+        self.teacher = ema_model if self.cfg.ema_teacher and self.unlabeled is not None else None
 
     def to_device(self, device: torch.device) -> None:
         self._train = self.train.to(device)
         self._val = self.val.to(device) if self.val is not None and len(self.val) else None
+        self._unl = self.unlabeled.to(device) if self.unlabeled is not None else None
 
     def release(self) -> None:
-        self._train = self._val = None
+        self._train = self._val = self._unl = None
 
     def start_epoch(self, steps: int, batch: int, generator: torch.Generator) -> None:
         self.perm = torch.randperm(len(self.train), generator=generator)
+        self.ubatch = int(self.cfg.unlabeled_ratio) * batch
+        self.uorder = (unlabeled_order(len(self._unl), steps * self.ubatch, generator)
+                       if self._unl is not None else None)
 
     def next_batch(self, i: int, batch: int, generator: torch.Generator):
         train = self._train
         idx = self.perm[i * batch:(i + 1) * batch].to(train.images.device, non_blocking=True)
-        return weak_augment(train.images[idx], train.masks[idx], self.size, generator)
+        x, target = weak_augment(train.images[idx], train.masks[idx], self.size, generator)
+        if self._unl is None:
+            return x, target, None
+        uidx = self.uorder[i * self.ubatch:(i + 1) * self.ubatch].to(train.images.device, non_blocking=True)
+        return x, target, paired_views(self._unl.images[uidx], self.size, generator)
 
     def step_loss(self, model: nn.Module, data, channels_last: bool) -> tuple[Tensor, Tensor]:
-        x, target = data
-        out = model(to_layout(x, channels_last))
-        loss = segmentation_loss(out, target, self.fg_weight, self.dice_weight)
+        x, target, unl = data
+        if unl is None:
+            out = model(to_layout(x, channels_last))
+            loss = segmentation_loss(out, target, self.fg_weight, self.dice_weight)
+            confident = total = torch.zeros((), device=x.device)
+        else:
+            weak, strong = unl
+            with torch.no_grad():
+                teacher_out = (self.teacher or model)(to_layout(weak, channels_last))
+            both = model(to_layout(torch.cat([x, strong]), channels_last))  # BatchNorm sees both
+            b = x.shape[0]
+            out = {k: v[:b] for k, v in both.items()}
+            loss_u, confident_mask = dense_consistency_loss(
+                teacher_out, {k: v[b:] for k, v in both.items()}, self.cfg.seg_consistency_threshold)
+            loss = (segmentation_loss(out, target, self.fg_weight, self.dice_weight)
+                    + self.cfg.seg_consistency_weight * loss_u)
+            confident, total = confident_mask.sum(), torch.tensor(float(confident_mask.numel()), device=x.device)
         with torch.no_grad():
             valid = target != IGNORE_INDEX
             correct = ((out["seg"].argmax(dim=1) == target) & valid).sum()
-            stats = torch.stack([loss.detach().float() * x.shape[0], correct.float(), valid.sum().float()])
+            stats = torch.stack([loss.detach().float() * x.shape[0], correct.float(), valid.sum().float(),
+                                 confident.float(), total.float()])
         return loss, stats
 
     def train_record(self, stats: list[float], seen: int, steps: int, batch: int) -> dict:
-        return {"train_loss": stats[0] / seen,
-                "train_pixel_acc": stats[1] / stats[2] if stats[2] > 0 else float("nan")}
+        record = {"train_loss": stats[0] / seen,
+                  "train_pixel_acc": stats[1] / stats[2] if stats[2] > 0 else float("nan")}
+        if self._unl is not None:
+            record["pixel_mask_rate"] = stats[3] / stats[4] if stats[4] > 0 else float("nan")
+        return record
 
     def postfix(self, stats: list[float], seen: int) -> dict:
         return {"loss": f"{stats[0] / seen:.3f}",
@@ -212,13 +248,16 @@ def fit_segmenter(
     progress: bool = True,
     fg_weight: float = 1.0,
     dice_weight: float = 1.0,
+    unlabeled: CachedImages | None = None,
 ) -> FitResult:
     """Train a U-Net on cached images + masks (cfg.seg_lr, cfg.seg_epochs); best epoch by the mask method's val mIoU.
 
     method: the mask method whose validation mIoU picks the best epoch (default cfg.mask_method).
     val_class_probs: the classifier's probabilities [N_val, C] for the validation images, which
       "fg+class" (required) and "fusion" use for the image class.
-    Checkpoint cfg.run_dir / f"{run_name}.pt" (model_spec with kind="unet"); resume as in
+    unlabeled: images without masks for dense consistency (`dense_consistency_loss`, weight
+      cfg.seg_consistency_weight, cfg.unlabeled_ratio of them per labeled image in a step).
+    Checkpoints cfg.run_dir / f"{run_name}.pt" and .resume.pt (model_spec with kind="unet"); resume as in
     classification.fit. History: train_loss, train_pixel_acc, val_loss, val_miou (of `method`),
     val_miou_<each method>, val_fg_iou, lr, seconds, images_per_s, data_share. The passed model is
     trained in place and finally holds the best weights.
@@ -244,7 +283,11 @@ def fit_segmenter(
         if method == "fg+class" and val_class_probs is None:
             raise ValueError("fit_segmenter: method 'fg+class' picks the best epoch with the classifier's image "
                              "classes; pass val_class_probs (classification.predict_proba on the val images)")
-    task = SegmentationTask(train, val, cfg, num_classes, fg_weight, dice_weight, method, val_class_probs)
+    if unlabeled is not None and len(unlabeled) and cfg.ema_teacher and cfg.ema_decay <= 0:
+        raise ValueError("cfg.ema_teacher needs the weight EMA: set ema_decay > 0 (IMSUB_EMA_DECAY)")
+    use_unlabeled = unlabeled is not None and len(unlabeled) > 0 and cfg.seg_consistency_weight > 0
+    task = SegmentationTask(train, val, cfg, num_classes, fg_weight, dice_weight, method, val_class_probs,
+                            unlabeled if use_unlabeled else None)
     return fit_task(model, task, cfg, run_name=run_name, epochs=cfg.seg_epochs if epochs is None else epochs,
                     lr=cfg.seg_lr, resume=resume, progress=progress)
 
@@ -324,3 +367,20 @@ def segmentation_loss(
     denom = prob.flatten(1).sum(1) + truth.flatten(1).sum(1)
     dice = 1.0 - (2.0 * inter + 1.0) / (denom + 1.0)  # per image, +1 smoothing: empty vs empty = 0
     return ce + fg_weight * bce + dice_weight * dice.mean()
+
+
+def dense_consistency_loss(weak_out: dict[str, Tensor], strong_out: dict[str, Tensor],
+                           threshold: float) -> tuple[Tensor, Tensor]:
+    """(loss, confident pixels [B,H,W]): the weak view's confident per-pixel guesses supervise the strong view.
+
+    The two views share their geometry (augment.paired_views), so pixel (i, j) is the same point of
+    the image in both. A pixel counts where the seg head's top probability reaches `threshold`; its
+    argmax is the class target (cross-entropy) and "not background" the fg target (BCE). Unsure
+    pixels count as zero (FixMatch per pixel, as in UniMatch, Yang et al., CVPR 2023).
+    """
+    probs = weak_out["seg"].detach().float().softmax(dim=1)
+    confidence, pseudo = probs.max(dim=1)
+    mask = (confidence >= threshold).float()
+    ce = F.cross_entropy(strong_out["seg"].float(), pseudo, reduction="none")
+    bce = F.binary_cross_entropy_with_logits(strong_out["fg"][:, 0].float(), (pseudo > 0).float(), reduction="none")
+    return ((ce + bce) * mask).mean(), mask

@@ -1,6 +1,7 @@
 """Dataset statistics for exploration: image sizes and mask composition."""
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +19,21 @@ def class_counts(samples: Sequence, num_classes: int) -> np.ndarray:
 
 
 def image_sizes(samples: Sequence) -> np.ndarray:
-    """(height, width) of every sample's image, read from the file headers only; N x 2."""
+    """(height, width) of every readable image, from the file headers only; unreadable files are reported."""
+    def one(s) -> tuple[int, int] | str:
+        try:
+            return image_size(s.image)
+        except (OSError, ValueError) as e:  # ImageLoadError is a ValueError
+            return str(e)
+
     with ThreadPoolExecutor() as pool:
-        return np.array(list(pool.map(lambda s: image_size(s.image), samples)), dtype=np.int64).reshape(-1, 2)
+        results = list(pool.map(one, samples))
+    problems = [r for r in results if isinstance(r, str)]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        warnings.warn(f"{len(problems)} of {len(results)} images are unreadable and left out of the sizes: "
+                      + "; ".join(problems[:3]) + more, stacklevel=2)
+    return np.array([r for r in results if not isinstance(r, str)], dtype=np.int64).reshape(-1, 2)
 
 
 def mask_fractions(samples: Sequence) -> dict[str, np.ndarray]:

@@ -18,19 +18,21 @@ import shutil
 import sys
 import zipfile
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from helpers.fileops import pid_alive
-from helpers.images import IMAGE_EXTENSIONS, image_size
+from helpers.fileops import WriteError, folder_lock, pid_alive, write_error
+from helpers.images import IMAGE_EXTENSIONS, image_size, is_image_file
 from helpers.masks import IGNORE_ID, MAX_ID, rgb_to_ids, write_mask
 
 CLASSIFICATION_FILE = "classification.json"
 SEGMENTATION_DIR = "segmentation"
+_ELSEWHERE = "IMSUB_SUBMISSION_DIR, or `python -m helpers run --out DIR`"
 # What an existing submission folder may hold; anything else makes write_submission refuse to replace it.
 _SUBMISSION_NAMES = {CLASSIFICATION_FILE, SEGMENTATION_DIR, ".ipynb_checkpoints"}
 
@@ -55,7 +57,7 @@ def _test_images(test_dir: Path) -> dict[str, Path]:
     if not test_dir.is_dir():
         raise FileNotFoundError(f"{test_dir}: test image folder not found")
     images = {p.name: p for p in sorted(test_dir.iterdir())
-              if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+              if p.is_file() and is_image_file(p)}
     if not images:
         raise FileNotFoundError(f"{test_dir}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) inside")
     return images
@@ -218,10 +220,27 @@ def _entry_fields(entry: Any, num_classes: int | None) -> tuple[str, int, np.nda
     return name, class_id, ids
 
 
-def _write_folder(tmp: Path, entries: Iterable, num_classes: int | None) -> None:
-    """Write classification.json and segmentation/*.png into the empty folder `tmp`."""
+@contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    """Turn a failed write (disk full, read-only folder, ...) into a WriteError naming the submission."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as exc:
+        raise write_error(folder, exc, "the submission", _ELSEWHERE) from exc
+
+
+def _write_png(folder: Path, path: Path, ids: np.ndarray) -> None:
+    with _writing(folder):
+        write_mask(path, ids)
+
+
+def _write_folder(tmp: Path, entries: Iterable, num_classes: int | None, folder: Path) -> None:
+    """Write classification.json and segmentation/*.png into the empty folder `tmp` (to become `folder`)."""
     seg_dir = tmp / SEGMENTATION_DIR
-    seg_dir.mkdir()
+    with _writing(folder):
+        seg_dir.mkdir()
     classification: list[dict] = []
     stems: dict[str, str] = {}
     total = len(entries) if hasattr(entries, "__len__") else None
@@ -237,7 +256,7 @@ def _write_folder(tmp: Path, entries: Iterable, num_classes: int | None) -> None
                     raise ValueError(f"{name}: duplicate submission entry (mask name clashes with {stems[stem]})")
                 stems[stem] = name
                 classification.append({"image": name, "class_id": class_id})
-                pending.add(pool.submit(write_mask, seg_dir / f"{stem}.png", ids))
+                pending.add(pool.submit(_write_png, folder, seg_dir / f"{stem}.png", ids))
                 if len(pending) >= 2 * workers:  # bound the masks held in memory
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
@@ -252,7 +271,8 @@ def _write_folder(tmp: Path, entries: Iterable, num_classes: int | None) -> None
     if not classification:
         raise ValueError("write_submission: no entries")
     classification.sort(key=lambda e: e["image"])
-    (tmp / CLASSIFICATION_FILE).write_text(json.dumps(classification, indent=1) + "\n", encoding="utf-8")
+    with _writing(folder):
+        (tmp / CLASSIFICATION_FILE).write_text(json.dumps(classification, indent=1) + "\n", encoding="utf-8")
 
 
 def _write_zip(folder: Path, zip_name: str) -> Path:
@@ -289,39 +309,52 @@ def write_submission(folder: str | os.PathLike, entries: Iterable, test_dir: str
     `entries`: (image_file_name, class_id, ids H x W int array) per test image. Everything is written
     to a temporary sibling folder first, validated against `test_dir` when given (which needs
     `num_classes`), zipped, and only then swapped in, so an error at any point leaves the previous
-    submission untouched. `folder` must be a folder dedicated to the submission.
+    submission untouched. `folder` must be a folder dedicated to the submission. A failed write (disk
+    full, read-only folder) raises helpers.fileops.WriteError naming the folder and the reason; a
+    second writer of the same folder waits for the first (`.<folder>.lock` beside it).
     """
     folder = Path(folder).absolute()
     if test_dir is not None and num_classes is None:
         raise ValueError("write_submission: validating against test_dir needs num_classes")
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder}: exists and is not a folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    _recover(folder)
-    if folder.is_dir():
-        foreign = sorted(p.name for p in folder.iterdir() if p.name not in _SUBMISSION_NAMES | {zip_name})
-        if foreign:
-            raise ValueError(f"{folder}: holds files that are not part of a submission ({', '.join(foreign[:5])}); "
-                             "refusing to replace it; choose a folder used only for the submission")
+    with ExitStack() as stack:
+        with _writing(folder):
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            # Two writers of one folder (two runs sharing submission/) take turns: a write takes seconds.
+            stack.enter_context(folder_lock(folder.parent, "submission folder", name=f".{folder.name}.lock",
+                                            wait_seconds=300))
+            _recover(folder)
+        if folder.is_dir():
+            foreign = sorted(p.name for p in folder.iterdir() if p.name not in _SUBMISSION_NAMES | {zip_name})
+            if foreign:
+                raise ValueError(f"{folder}: holds files that are not part of a submission ({', '.join(foreign[:5])}); "
+                                 "refusing to replace it; choose a folder used only for the submission")
+        return _replace(folder, entries, test_dir, num_classes, zip_name)
 
+
+def _replace(folder: Path, entries: Iterable, test_dir, num_classes: int | None, zip_name: str) -> Path:
+    """Write, check and zip the submission in a temporary sibling folder, then swap it in for `folder`."""
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     try:
-        _write_folder(tmp, entries, num_classes)
+        with _writing(folder):
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        _write_folder(tmp, entries, num_classes, folder)
         if test_dir is not None:
             check_submission(tmp, test_dir, num_classes)
-        _write_zip(tmp, zip_name)
         old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        if folder.exists():
-            os.rename(folder, old)
-        try:
-            os.rename(tmp, folder)
-        except BaseException:
-            if old.exists():
-                os.rename(old, folder)
-            raise
+        with _writing(folder):
+            _write_zip(tmp, zip_name)
+            if folder.exists():
+                os.rename(folder, old)
+            try:
+                os.rename(tmp, folder)
+            except BaseException:
+                if old.exists():
+                    os.rename(old, folder)
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -344,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument("--test-dir", type=Path, help="test image folder (default: DATA_ROOT/test)")
     group = val.add_mutually_exclusive_group(required=True)
     group.add_argument("--num-classes", type=int)
-    group.add_argument("--data-root", type=Path, help="ImageNet-Subset folder; classes = folders of train-semi/")
+    group.add_argument("--data-root", type=Path, help="ImageNet-Subset folder; classes from its annotation JSON")
     sco = sub.add_parser("score", help="score a submission folder or zip against a truth folder")
     sco.add_argument("folder", type=Path)
     sco.add_argument("--truth", type=Path, required=True, help="folder with classification.json + segmentation/")

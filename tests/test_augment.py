@@ -409,3 +409,22 @@ def test_contrastive_views_of_one_image_differ_but_come_from_it_with_aligned_mas
     assert keep.sum() > 1000 and agree > 0.98
     x = torch.empty(4, 3, 32, 32, dtype=torch.uint8, device="meta")
     assert A.contrastive_view(x, None, 24, gen(0))[0].device.type == "meta"
+
+
+def test_flip_translate_shifts_image_and_mask_alike():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    masks = torch.zeros(6, 16, 16, dtype=torch.uint8)
+    masks[:, 4:8, 4:8] = 1
+    images[:, :, 4:8, 4:8] = 255  # the masked square is white in every channel
+    out, out_masks = A.flip_translate(images, masks, 16, max_shift=0.125, generator=gen)
+    assert out.shape == (6, 3, 16, 16) and out_masks.shape == (6, 16, 16)
+    moved = 0
+    for i in range(6):
+        square = out_masks[i] == 1
+        assert int(square.sum()) > 0
+        assert bool((out[i][:, square] > 0.5).all())  # the mask still covers the white square (up to blur)
+        moved += not torch.equal(out_masks[i], masks[i])
+    assert moved >= 4  # shifts of up to 2 px in either direction: most views move
+    plain = A.paper_weak_augment(images, 16, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(plain, A.normalize(out))  # no colour change in the paper's weak view

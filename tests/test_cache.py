@@ -142,7 +142,7 @@ def test_second_call_loads_from_file_without_decoding(tmp_path, monkeypatch):
         raise AssertionError("decoded although the cache is valid")
 
     monkeypatch.setattr(cache_mod, "load_image_with_size", boom)
-    monkeypatch.setattr(cache_mod, "read_mask", boom)
+    monkeypatch.setattr(cache_mod, "read_label_mask", boom)
     second = _load(samples, tmp_path, with_masks=True)
     assert torch.equal(first.images, second.images) and torch.equal(first.masks, second.masks)
     assert torch.equal(first.labels, second.labels)
@@ -263,7 +263,7 @@ def test_atomic_write_leaves_no_tmp_and_keeps_old_file_on_failure(tmp_path, monk
     real_save = torch.save
 
     def failing_save(obj, f, *a, **k):
-        Path(f).write_bytes(b"partial")
+        f.write(b"partial") if hasattr(f, "write") else Path(f).write_bytes(b"partial")  # a file or a path
         raise OSError("disk full")
 
     Image.new("RGB", (40, 30), (1, 2, 3)).save(samples[0].image, "JPEG")
@@ -301,3 +301,33 @@ def test_subset_concat_to(tmp_path):
 def test_bad_name_rejected(tmp_path):
     with pytest.raises(ValueError, match="plain file name"):
         _load(_make_unlabeled(tmp_path, 1), tmp_path, name="a/b")
+
+
+def test_decoding_threads_follow_the_mount(tmp_path, monkeypatch):
+    import helpers.discovery as discovery
+
+    monkeypatch.setattr(discovery, "KAGGLE_INPUT", tmp_path / "kaggle" / "input")
+    monkeypatch.setattr(discovery, "COLAB_DRIVE", tmp_path / "content" / "drive" / "MyDrive")
+    monkeypatch.setattr(cache_mod.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cache_mod, "_mount_table", lambda: [
+        (str(tmp_path / "nfs"), "nfs4"), (str(tmp_path / "nfs" / "local"), "ext4"),
+        (str(tmp_path / "gcs"), "fuse.gcsfuse"), ("/", "overlay")])  # in no particular order
+    assert cache_mod.io_workers(tmp_path / "kaggle" / "input" / "x" / "a.JPEG") == 16
+    assert cache_mod.io_workers(tmp_path / "content" / "drive" / "MyDrive" / "a.JPEG") == 16
+    assert cache_mod.io_workers(tmp_path / "nfs" / "a.JPEG") == 16
+    assert cache_mod.io_workers(tmp_path / "gcs" / "a.JPEG") == 16
+    assert cache_mod.io_workers(tmp_path / "nfs" / "local" / "a.JPEG") == 2  # the innermost mount decides
+    assert cache_mod.io_workers(tmp_path / "content" / "a.JPEG") == 2
+    assert cache_mod.io_workers(None) == 2
+
+    # load_cached uses them: 16 threads for a dataset under /kaggle/input, the core count elsewhere
+    (tmp_path / "kaggle" / "input" / "x").mkdir(parents=True)
+    (tmp_path / "local").mkdir()
+    pools = []
+    real_pool = cache_mod.ThreadPoolExecutor
+    monkeypatch.setattr(cache_mod, "ThreadPoolExecutor",
+                        lambda max_workers: pools.append(max_workers) or real_pool(max_workers))
+    load_cached(_make_unlabeled(tmp_path / "kaggle" / "input" / "x", 3), SIZE, tmp_path / "cache", "net", 1,
+                progress=False)
+    load_cached(_make_unlabeled(tmp_path / "local", 3), SIZE, tmp_path / "cache", "local", 1, progress=False)
+    assert pools == [16, 2]

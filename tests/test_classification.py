@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-import helpers.engine as engine
+import helpers.checkpoints as checkpoints
 from helpers.cache import CachedImages
 from helpers.classification import evaluate, fit, predict_proba
 from helpers.config import Config
@@ -150,7 +150,7 @@ def test_resume_gives_identical_continuation(tmp_path, monkeypatch):
 
     crash_cfg = _cfg(tmp_path / "b", epochs=4, ema_decay=ema_decay)
     crash_after_saves(monkeypatch, lambda: fit(_tiny(), train, val, crash_cfg, run_name="r", progress=False))
-    assert torch.load(tmp_path / "b" / "runs" / "r.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(tmp_path / "b" / "runs" / "r.resume.pt", weights_only=True)["epoch"] == 2
 
     # a differently initialised model: everything must come from the checkpoint
     resumed = fit(_tiny(seed=123), train, val, crash_cfg, run_name="r", progress=False)
@@ -168,9 +168,9 @@ def test_resume_refuses_other_settings_or_classes(tmp_path):
     cfg = _cfg(tmp_path, epochs=1)
     fit(_tiny(), _data(32), None, cfg, run_name="c", progress=False)
     path = tmp_path / "runs" / "c.pt"
-    with pytest.raises(ValueError, match=r"c\.pt.*other run settings.*lr"):
+    with pytest.raises(ValueError, match=r"c\.resume\.pt.*other run settings.*lr.*delete c\.pt and c\.resume\.pt"):
         fit(_tiny(), _data(32), None, _cfg(tmp_path, epochs=1, lr=0.5), run_name="c", progress=False)
-    with pytest.raises(ValueError, match=r"c\.pt.*trained for 3 classes but the data has 5"):
+    with pytest.raises(ValueError, match=r"c\.resume\.pt.*trained for 3 classes but the data has 5"):
         fit(_tiny(num_classes=5), _data(32), None, cfg, run_name="c", progress=False)
     with pytest.raises(ValueError, match="images or labels changed"):
         fit(_tiny(), _data(32, seed=7), None, cfg, run_name="c", progress=False)
@@ -228,8 +228,9 @@ def test_fixmatch_branch_logs_mask_rate(tmp_path):
 
 def test_checkpoint_seconds_throttles_saves_but_keeps_the_last_epoch(tmp_path, monkeypatch):
     saved = []
-    real_save = engine.save_checkpoint
-    monkeypatch.setattr(engine, "save_checkpoint", lambda path, payload: saved.append(payload["epoch"]) or real_save(path, payload))
+    real_save = checkpoints.TrainingFiles.save
+    monkeypatch.setattr(checkpoints.TrainingFiles, "save",
+                        lambda self, state, weights=None: saved.append(state["epoch"]) or real_save(self, state, weights))
     fit(_tiny(), _data(), _data(16, seed=1), _cfg(tmp_path, epochs=3, checkpoint_seconds=1e9), run_name="slow", progress=False)
     assert saved == [3]
     saved.clear()
@@ -292,3 +293,150 @@ def test_extract_features_are_the_input_of_fc(tmp_path):
     torch.testing.assert_close(logits.softmax(1), predict_proba(model, data, cfg, tta=False), rtol=1e-4, atol=1e-5)
     with pytest.raises(TypeError, match="ResNet"):
         extract_features(_tiny().features, data, cfg)
+
+
+def _unlabeled_batch(n: int = 6, seed: int = 3):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, SIZE, SIZE, generator=gen), torch.randn(n, 3, SIZE, SIZE, generator=gen)
+
+
+def test_step_loss_is_supervised_plus_weighted_consistency_from_the_weak_view(tmp_path):
+    """Fails if the unlabeled loss leaves the objective, or if the targets come from the strong view."""
+    from helpers.classification import ClassificationTask
+    from helpers.consistency import fixmatch_loss
+
+    cfg = _cfg(tmp_path, consistency_threshold="0.0")
+    data, unl = _data(8), _data(6, seed=2, labeled=False)
+    task = ClassificationTask(data, None, cfg, unl, unlabeled_weight=0.7, threshold=0.0, num_classes=NUM_CLASSES)
+    task.to_device(torch.device("cpu"))
+    model = _tiny(1).eval()  # eval: BatchNorm uses running statistics, so batch composition does not matter
+    x = torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0])
+    xw, xs = _unlabeled_batch()
+    loss, stats = task.step_loss(model, (x, y, (xw, xs, torch.arange(6))), channels_last=False)
+    with torch.no_grad():
+        expected_u, mask, _ = fixmatch_loss(model(xw), model(xs), 0.0)
+        expected = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing) + 0.7 * expected_u
+        from_strong, _, _ = fixmatch_loss(model(xs), model(xs), 0.0)
+    assert expected_u > 0 and not torch.isclose(expected_u, from_strong)
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    assert stats[2] == mask.sum() == 6
+
+
+def test_fit_returns_the_ema_weights(tmp_path):
+    """Fails if fit hands back the raw weights instead of their moving average."""
+    cfg = _cfg(tmp_path, epochs=3, ema_decay=0.5)
+    result = fit(_tiny(), _data(32), None, cfg, run_name="ema", progress=False)
+    state = torch.load(result.resume_file, weights_only=True)
+    ema_state, raw_state = state["train"]["ema"]["model"], state["train"]["model"]
+    assert any(not torch.equal(ema_state[k], raw_state[k]) for k in raw_state if raw_state[k].is_floating_point())
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(v, ema_state[k]), k
+
+
+def test_online_pseudo_label_diagnostics_read_the_given_truth(tmp_path):
+    cfg = _cfg(tmp_path, epochs=2)
+    unl = _data(40, seed=2, labeled=False)
+    truth = torch.arange(40) % NUM_CLASSES  # what _data's labels would be
+    result = fit(_tiny(), _data(32), None, cfg, run_name="diag", unlabeled=unl, threshold=0.0,
+                 unlabeled_truth=truth, progress=False)
+    for h in result.history:
+        assert 0 <= h["pseudo_acc"] <= 1 and h["mask_rate"] == pytest.approx(1.0) and h["threshold"] == 0.0
+    with pytest.raises(ValueError, match="unlabeled_truth has 3 labels for 40"):
+        fit(_tiny(), _data(32), None, cfg, run_name="bad", unlabeled=unl, unlabeled_truth=truth[:3], progress=False)
+
+
+def test_adaptive_threshold_follows_the_predictions():
+    from helpers.consistency import AdaptiveThreshold, consistency_loss
+
+    sat = AdaptiveThreshold(4, momentum=0.5)
+    torch.testing.assert_close(sat.thresholds(), torch.full((4,), 0.25))  # 1 / C at the start
+    probs = torch.tensor([[0.9, 0.1, 0.0, 0.0], [0.7, 0.1, 0.1, 0.1]])
+    th = sat.update(probs)
+    level = 0.5 * 0.25 + 0.5 * 0.8  # EMA of the mean top probability
+    share = 0.5 * 0.25 + 0.5 * torch.tensor([0.8, 0.1, 0.05, 0.05])
+    torch.testing.assert_close(th, level * share / share.max())
+    assert th[0] > th[1]  # the class the model favours needs more confidence
+    _, mask, pseudo = consistency_loss(probs, torch.zeros(2, 4), th)
+    assert pseudo.tolist() == [0, 0] and mask.tolist() == [1.0, 1.0]
+    again = AdaptiveThreshold(4)
+    again.load_state_dict(sat.state_dict())
+    torch.testing.assert_close(again.thresholds(), th)
+    with pytest.raises(ValueError, match="momentum"):
+        AdaptiveThreshold(4, momentum=1.0)
+
+
+def test_distribution_alignment_pulls_towards_the_target():
+    from helpers.consistency import DistributionAlignment
+
+    align = DistributionAlignment(2, momentum=0.0)  # running mean = this batch's mean
+    probs = torch.tensor([[0.9, 0.1], [0.7, 0.3]])  # mean [0.8, 0.2]: class 0 favoured
+    out = align(probs)
+    torch.testing.assert_close(out.sum(1), torch.ones(2))
+    assert out[:, 0].mean() < probs[:, 0].mean()  # class 0 down-weighted
+    expected = probs * torch.tensor([0.5 / 0.8, 0.5 / 0.2])
+    torch.testing.assert_close(out, expected / expected.sum(1, keepdim=True))
+
+
+def test_round_settings_are_checked(tmp_path):
+    unl = _data(8, seed=2, labeled=False)
+    with pytest.raises(ValueError, match="consistency threshold"):
+        fit(_tiny(), _data(16), None, _cfg(tmp_path), run_name="t", unlabeled=unl, threshold="high", progress=False)
+    with pytest.raises(ValueError, match="weak view"):
+        fit(_tiny(), _data(16), None, _cfg(tmp_path, weak_view="tiny"), run_name="t", unlabeled=unl, progress=False)
+    with pytest.raises(ValueError, match="ema_decay"):
+        fit(_tiny(), _data(16), None, _cfg(tmp_path, ema_teacher=True), run_name="t", unlabeled=unl, progress=False)
+
+
+def test_adaptive_round_with_alignment_and_paper_weak_view_runs(tmp_path):
+    cfg = _cfg(tmp_path, epochs=2, weak_view="flip_translate", distribution_alignment=True, unlabeled_ratio=2)
+    result = fit(_tiny(), _data(32), None, cfg, run_name="adaptive", unlabeled=_data(40, seed=2, labeled=False),
+                 threshold="adaptive", progress=False)
+    settings = torch.load(result.checkpoint, weights_only=True)["settings"]
+    assert settings["threshold"] == "adaptive" and settings["mu"] == 2 and settings["weak_view"] == "flip_translate"
+    for h in result.history:
+        assert 0 < h["threshold"] < 1 and 0 <= h["mask_rate"] <= 1
+
+
+def test_adaptive_round_resumes_exactly_and_ema_teacher_gives_the_targets(tmp_path, monkeypatch):
+    from helpers.classification import ClassificationTask
+
+    unl = _data(40, seed=2, labeled=False)
+    kwargs = dict(unlabeled=unl, threshold="adaptive", progress=False)
+    straight_cfg = _cfg(tmp_path / "a", epochs=4, ema_decay=0.9, ema_teacher=True, distribution_alignment=True)
+    straight = fit(_tiny(), _data(40), _data(9, seed=1), straight_cfg, run_name="r", **kwargs)
+    crash_cfg = _cfg(tmp_path / "b", epochs=4, ema_decay=0.9, ema_teacher=True, distribution_alignment=True)
+    crash_after_saves(monkeypatch, lambda: fit(_tiny(), _data(40), _data(9, seed=1), crash_cfg, run_name="r", **kwargs))
+    ckpt = torch.load(tmp_path / "b" / "runs" / "r.resume.pt", weights_only=True)
+    assert ckpt["train"]["task"]["adaptive"]["level"] > 0  # the thresholds' state is saved ...
+    resumed = fit(_tiny(seed=9), _data(40), _data(9, seed=1), crash_cfg, run_name="r", **kwargs)
+    assert_identical_runs(straight, resumed)  # ... and restored: the same continuation
+    assert [h["threshold"] for h in straight.history] == [h["threshold"] for h in resumed.history]
+
+    class Sure(nn.Module):  # a teacher certain that everything is class 2
+        def forward(self, x):
+            return torch.tensor([0.0, 0.0, 9.0]).expand(x.shape[0], 3)
+
+    truth = torch.full((40,), 2)
+    task = ClassificationTask(_data(8), None, crash_cfg, unl, num_classes=NUM_CLASSES, threshold=0.5,
+                              unlabeled_truth=truth)
+    task.to_device(torch.device("cpu"))
+    task.set_teacher(Sure())
+    xw, xs = _unlabeled_batch()
+    batch = (torch.zeros(2, 3, SIZE, SIZE), torch.tensor([0, 1]), (xw, xs, torch.arange(6)))
+    _, stats = task.step_loss(_tiny(5).eval(), batch, channels_last=False)
+    assert stats[2] == 6 and stats[4] == 6  # all six targets are the teacher's class 2
+    task.set_teacher(None)
+    assert task.teacher is None
+
+
+def test_fixed_schedule_keeps_the_last_epoch(tmp_path):
+    data, val = _data(48), _data(12, seed=1)
+    cfg = _cfg(tmp_path, epochs=4, select_best_epoch=False)
+    result = fit(_tiny(), data, val, cfg, run_name="last", progress=False)
+    ckpt, state = (torch.load(f, weights_only=True) for f in (result.checkpoint, result.resume_file))
+    assert result.best_epoch == 4 and ckpt["settings"]["select_best_epoch"] is False
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(v, state["train"]["model"][k]), k  # no EMA: the last weights themselves
+    with pytest.raises(ValueError, match="select_best_epoch"):  # the other rule is another run
+        fit(_tiny(), data, val, _cfg(tmp_path, epochs=4), run_name="last", progress=False)

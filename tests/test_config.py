@@ -1,8 +1,10 @@
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from helpers.config import PRESETS, find_data_root, get_config, project_root
+from helpers.config import PRESETS, get_config, project_root
 from tests.test_data import make_dataset
 
 
@@ -32,38 +34,20 @@ def test_preset_from_environment(monkeypatch, tmp_path):
     assert get_config().preset == "cpu"
 
 
-def test_discovery_order(monkeypatch, tmp_path):
-    import helpers.config as config
-
-    kaggle, colab, repo = tmp_path / "kaggle", tmp_path / "drive", tmp_path / "repo"
-    local = make_dataset(repo / "data" / "ImageNet-Subset")
-    monkeypatch.setattr(config, "KAGGLE_INPUT", kaggle)
-    monkeypatch.setattr(config, "COLAB_DRIVE", colab)
-    assert find_data_root(None, repo) == (local.resolve(), "local")
-    drive = make_dataset(colab / "course" / "ImageNet-Subset")
-    assert find_data_root(None, repo) == (drive.resolve(), "colab")
-    kag = make_dataset(kaggle / "imagenet-subset" / "ImageNet-Subset")
-    assert find_data_root(None, repo) == (kag.resolve(), "kaggle")
-    explicit = make_dataset(tmp_path / "mine")
-    assert find_data_root(explicit, repo) == (explicit.resolve(), "setting")
-    assert find_data_root(tmp_path / "kaggle", repo) == (kag.resolve(), "setting")  # searched below
-    assert find_data_root(None, tmp_path / "empty")[1] in ("kaggle", "colab")
-    with pytest.raises(FileNotFoundError, match="no challenge data"):
-        find_data_root(tmp_path / "nothing-here", repo)
-
-
 def test_no_data_falls_back_to_demo(monkeypatch, tmp_path):
-    import helpers.config as config
+    import helpers.discovery as discovery
 
-    monkeypatch.setattr(config, "KAGGLE_INPUT", tmp_path / "k")
-    monkeypatch.setattr(config, "COLAB_DRIVE", tmp_path / "c")
+    monkeypatch.setattr(discovery, "KAGGLE_INPUT", tmp_path / "k")
+    monkeypatch.setattr(discovery, "COLAB_CONTENT", tmp_path / "c")
+    monkeypatch.setattr(discovery, "COLAB_DRIVE", tmp_path / "c" / "drive" / "MyDrive")
     monkeypatch.setenv("IMSUB_ROOT", str(tmp_path))
     monkeypatch.delenv("IMSUB_DATA_ROOT", raising=False)
     cfg = get_config("smoke", prepare_data=False)
     assert cfg.data_source == "demo"
     assert cfg.data_root == tmp_path / "data" / "demo" / "ImageNet-Subset"
     assert cfg.truth_root == tmp_path / "data" / "demo" / "truth"
-    assert cfg.run_dir == tmp_path / "runs" / "smoke"
+    assert cfg.run_dir == tmp_path / "runs" / cfg.dataset_tag / "smoke"
+    assert cfg.dataset_tag.startswith("demo-")
 
 
 def test_project_root_found_from_a_subfolder(monkeypatch):
@@ -78,3 +62,73 @@ def test_an_explicit_demo_dataset_keeps_its_truth(tmp_path):
     assert get_config("smoke", data_root=root).truth_root is None
     (tmp_path / "demo" / "demo_info.json").write_text("{}")
     assert get_config("smoke", data_root=root).truth_root == root.resolve().parent / "truth"
+
+
+def test_runs_are_kept_per_dataset(monkeypatch, tmp_path):
+    monkeypatch.setenv("IMSUB_ROOT", str(tmp_path / "repo"))
+    real = make_dataset(tmp_path / "a" / "ImageNet-Subset")
+    demo = make_dataset(tmp_path / "demo" / "ImageNet-Subset", wnids=("n01443537", "n01491361"))
+    (tmp_path / "demo" / "demo_info.json").write_text("{}")
+    cfg_real, cfg_demo = get_config("gpu", data_root=real), get_config("gpu", data_root=demo)
+    assert cfg_real.run_dir == tmp_path / "repo" / "runs" / cfg_real.dataset_tag / "gpu"
+    assert cfg_real.dataset_tag.startswith("ImageNet-Subset-") and cfg_demo.dataset_tag.startswith("demo-")
+    assert cfg_real.run_dir != cfg_demo.run_dir
+    # the same data elsewhere (Drive, /content, /kaggle/input) is the same run: its checkpoints are found
+    copy = shutil.copytree(real, tmp_path / "b" / "ImageNet-Subset")
+    assert get_config("gpu", data_root=copy).run_dir == cfg_real.run_dir
+    assert get_config("cpu", data_root=real).run_dir == cfg_real.run_dir.with_name("cpu")
+    # an explicit run_dir (the runner's --out) and an explicit tag are kept
+    assert get_config("gpu", data_root=real, run_dir=tmp_path / "out").run_dir == tmp_path / "out"
+    assert get_config("gpu", data_root=real, dataset_tag="mine").run_dir.parent.name == "mine"
+
+
+def test_mirror_dir_is_per_run_and_restores_a_new_session(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("IMSUB_ROOT", str(tmp_path / "repo"))
+    data = make_dataset(tmp_path / "ImageNet-Subset")
+    drive = tmp_path / "MyDrive"
+    drive.mkdir()
+    monkeypatch.setenv("IMSUB_MIRROR_DIR", str(drive / "imsub"))
+    cfg = get_config("gpu", data_root=data)
+    assert cfg.mirror_dir == drive / "imsub" / cfg.dataset_tag / "gpu"
+    assert f"mirror_dir: {cfg.mirror_dir}" in cfg.summary()
+    assert "resume state at most every 110 s" in cfg.summary() and f"run_dir: {cfg.run_dir}" in cfg.summary()
+    # what an earlier session left on Drive comes back, except the large resume states (fetched on resume)
+    cfg.mirror_dir.mkdir(parents=True)
+    for name in ("classifier_baseline.pt", "classifier_baseline.resume.pt", "summary.json"):
+        (cfg.mirror_dir / name).write_text(name)
+    again = get_config("gpu", data_root=data)
+    assert sorted(p.name for p in again.run_dir.iterdir()) == ["classifier_baseline.pt", "summary.json"]
+    assert "restored 2 files" in capsys.readouterr().out
+    # Drive not mounted: a clear error rather than a local folder that looks like Drive
+    monkeypatch.setenv("IMSUB_MIRROR_DIR", str(tmp_path / "content" / "drive" / "MyDrive" / "imsub"))
+    with pytest.raises(FileNotFoundError, match=r"IMSUB_MIRROR_DIR=.*MyDrive.*does not exist.*mount Drive"):
+        get_config("gpu", data_root=data)
+    monkeypatch.delenv("IMSUB_MIRROR_DIR")
+    assert "mirror_dir: none: checkpoints stay on this machine" in get_config("gpu", data_root=data).summary()
+
+
+def test_record_is_mirrored(monkeypatch, tmp_path):
+    from helpers import pipeline
+
+    monkeypatch.setenv("IMSUB_ROOT", str(tmp_path / "repo"))
+    cfg = get_config("smoke", data_root=make_dataset(tmp_path / "ImageNet-Subset"), mirror_dir=tmp_path / "m")
+    pipeline.record(cfg, classifier="classifier_baseline")
+    assert json.loads((cfg.mirror_dir / "summary.json").read_text()) == {"classifier": "classifier_baseline"}
+
+
+def test_summary_command_and_the_runner_find_the_run(monkeypatch, tmp_path, capsys):
+    from helpers import pipeline
+    from helpers.__main__ import main
+    from helpers.runner import run_settings
+
+    monkeypatch.setenv("IMSUB_ROOT", str(tmp_path / "repo"))
+    data = make_dataset(tmp_path / "ImageNet-Subset")
+    monkeypatch.setenv("IMSUB_DATA_ROOT", str(data))
+    monkeypatch.setenv("IMSUB_PRESET", "gpu")
+    pipeline.record(get_config(), classifier="classifier_pseudo_r1", stage_seconds={"01_classifier": 3.0})
+    assert main(["summary"]) == 0  # `python -m helpers summary` reads runs/<dataset>/gpu/summary.json
+    assert "classifier_pseudo_r1" in capsys.readouterr().out
+    # the headless runner's --out names the run folder itself, for every notebook it starts
+    for key, value in run_settings("gpu", str(data), str(tmp_path / "out")).items():
+        monkeypatch.setenv(key, value)
+    assert get_config().run_dir == tmp_path / "out" / "runs" / "gpu"

@@ -71,13 +71,132 @@ def test_missing_mask_error_names_the_entry(tmp_path):
         load_index(root)
 
 
-def test_wrong_class_id_is_reported(tmp_path):
-    root = make_dataset(tmp_path)
+def _set_entries(root, change):
+    """Rewrite the JSON with change(entries): a new list, or None after changing entries in place."""
     path = root / "train_semi_annotations_with_seg_ids.json"
     entries = json.loads(path.read_text())
-    entries[0]["class_id"] = 2
-    path.write_text(json.dumps(entries))
-    with pytest.raises(ValueError, match="class_id 2.*class 0"):
+    new = change(entries)
+    entries = entries if new is None else new
+    path.write_text(json.dumps(entries, ensure_ascii=False), encoding="utf-8")
+
+
+def test_a_folder_holding_two_class_ids_is_an_error(tmp_path):
+    root = make_dataset(tmp_path)
+    _set_entries(root, lambda entries: entries[0].update(class_id=2))
+    with pytest.raises(ValueError, match=r"folder 'n01443537' holds images of 2 class ids .*"
+                                         r"class_id 2 in entry 'n01443537/n01443537_0\.jpg'.*fix the class_id"):
+        load_index(root)
+
+
+@pytest.mark.parametrize("ids, bad", [((0, 1, 5), 5), ((1, 2, 3), 3), ((-1, 0, 1), -1)])
+def test_class_ids_must_be_0_to_k_minus_1(tmp_path, ids, bad):
+    root = make_dataset(tmp_path)
+    folder_id = dict(zip(("n01443537", "n01491361", "n01531178"), ids))
+
+    def renumber(entries):
+        for e in entries:
+            e["class_id"] = folder_id[e["image"].split("/")[0]]
+
+    _set_entries(root, renumber)
+    with pytest.raises(ValueError, match=rf"class ids must be 0\.\.2 for its 3 classes, but entry .* has "
+                                         rf"class_id {bad}.*renumber"):
+        load_index(root)
+
+
+def test_class_ids_come_from_the_json_not_the_folder_order(tmp_path):
+    """The issue's example: mixed-case folders numbered in the JSON's own (case-insensitive) order."""
+    folders = {"Abyssinian": 0, "american_bulldog": 1, "Bengal": 2}
+    entries = []
+    for folder, k in folders.items():
+        for d in ("train-semi", "train-semi-segmentation"):
+            (tmp_path / d / folder).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (20, 10)).save(tmp_path / "train-semi" / folder / f"{folder}_{i}.jpg", "JPEG")
+            write_mask(tmp_path / "train-semi-segmentation" / folder / f"{folder}_{i}.png", np.full((10, 20), k + 1))
+            entries.append({"image": f"{folder}/{folder}_{i}.jpg", "mask": f"{folder}/{folder}_{i}.png",
+                            "class_id": k, "segmentation_ids": [k + 1]})
+    (tmp_path / "train_semi_annotations_with_seg_ids.json").write_text(json.dumps(entries[::-1]))
+    (tmp_path / "test").mkdir()
+    (tmp_path / "train-unlabeled").mkdir()
+    index = load_index(tmp_path)
+    assert index.num_classes == 3
+    assert index.wnids == ["Abyssinian", "american_bulldog", "Bengal"]
+    assert index.class_names == ["Abyssinian", "american_bulldog", "Bengal"]
+    assert {s.key.split("/")[0]: s.label for s in index.labeled} == folders
+
+
+def test_the_real_layout_reads_as_before(tmp_path):
+    """wnid folders numbered in sorted order, entries in any order: labels = sorted folder position."""
+    root = make_dataset(tmp_path)
+    _set_entries(root, lambda entries: entries[::-1])
+    index = load_index(root)
+    assert index.wnids == ["n01443537", "n01491361", "n01531178"]
+    assert index.class_names == ["goldfish", "tiger shark", "goldfinch"]
+    assert all(index.wnids[s.label] == s.key.split("/")[0] for s in index.labeled)
+    assert [s.key for s in index.labeled][:2] == ["n01531178/n01531178_3", "n01531178/n01531178_2"]
+
+
+def test_class_id_types(tmp_path):
+    root = make_dataset(tmp_path)
+    def as_text_and_float(entries):
+        for e in entries[:4]:
+            e["class_id"] = str(e["class_id"])
+        for e in entries[4:8]:
+            e["class_id"] = float(e["class_id"])
+
+    _set_entries(root, as_text_and_float)
+    assert [s.label for s in load_index(root).labeled] == [0] * 4 + [1] * 4 + [2] * 4
+    for bad in (1.5, True, None, "one"):
+        _set_entries(root, lambda entries: entries[0].update(class_id=bad))
+        with pytest.raises(ValueError, match=r"entry 'n01443537/n01443537_0\.jpg' has class_id .*whole numbers"):
+            load_index(root)
+
+
+def test_duplicated_entries(tmp_path):
+    root = make_dataset(tmp_path)
+    _set_entries(root, lambda entries: entries + [dict(entries[1])])
+    with pytest.warns(UserWarning, match=r"entry 'n01443537/n01443537_1\.jpg' repeats .*used once"):
+        index = load_index(root)
+    assert len(index.labeled) == 12 and len({s.image for s in index.labeled}) == 12
+    _set_entries(root, lambda entries: entries[-1].update(class_id=1))
+    with pytest.raises(ValueError, match=r"n01443537_1\.JPEG is listed twice, as class 0 .* and as class 1"):
+        load_index(root)
+
+
+def test_a_folder_without_entries_is_not_a_class(tmp_path):
+    root = make_dataset(tmp_path)
+    (root / "train-semi" / "stray").mkdir()
+    with pytest.warns(UserWarning, match="1 folders have no entry .*: stray"):
+        assert load_index(root).num_classes == 3
+
+
+def test_non_ascii_names_and_decomposed_unicode_on_disk(tmp_path):
+    import unicodedata
+
+    root = make_dataset(tmp_path, wnids=("chat_noir", "zèbre", "猫"))
+    for d in ("train-semi", "train-semi-segmentation"):  # as a zip made on macOS stores them
+        (root / d / "zèbre").rename(root / d / unicodedata.normalize("NFD", "zèbre"))
+    index = load_index(root)
+    assert index.class_names == ["chat_noir", "zèbre", "猫"]
+    assert [s.label for s in index.labeled if s.key.startswith("zèbre/")] == [1] * 4
+    assert all(s.image.is_file() and s.mask.is_file() for s in index.labeled)
+
+
+def test_non_image_files_in_flat_folders_are_skipped_and_reported(tmp_path):
+    root = make_dataset(tmp_path)
+    (root / "test" / "README.txt").write_text("not an image")
+    (root / "test" / "._00000.JPEG").write_bytes(b"\x00\x05\x16\x07")  # macOS resource fork
+    (root / "test" / "extra").mkdir()
+    with pytest.warns(UserWarning, match=r"test: skipped 3 entries that are not image files \(\._00000\.JPEG, "
+                                         r"README\.txt, extra/\)"):
+        index = load_index(root)
+    assert [t.key for t in index.test] == ["00000", "00001"]
+
+
+def test_two_test_images_with_one_stem_are_an_error(tmp_path):
+    root = make_dataset(tmp_path)
+    Image.new("RGB", (8, 8)).save(root / "test" / "00001.png")
+    with pytest.raises(ValueError, match=r"test images 00001\.JPEG and 00001\.png share the name 00001"):
         load_index(root)
 
 

@@ -76,3 +76,76 @@ def test_resolve_and_to_layout_agree_with_the_single_answers(monkeypatch):
     x = torch.randn(2, 3, 4, 5)
     assert hardware.to_layout(x, False) is x
     assert hardware.to_layout(x, True).is_contiguous(memory_format=torch.channels_last)
+
+
+# ----------------------------------------------------------------------------- CUDA paths, on the CPU
+@pytest.mark.parametrize("capability, gpu, dtype", [
+    ((6, 0), "Tesla P100-PCIE-16GB", torch.float16),  # Kaggle's P100: fp16 + GradScaler
+    ((7, 5), "Tesla T4", torch.float16),              # Colab's and Kaggle's T4: no bf16
+    ((8, 0), "NVIDIA A100-SXM4-40GB", torch.bfloat16),
+    ((8, 9), "NVIDIA L4", torch.bfloat16),
+])
+def test_cuda_precision_follows_the_device_capability(monkeypatch, capability, gpu, dtype):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu)
+    cuda = torch.device("cuda")
+    assert hardware.amp_dtype(Config(device="cuda"), cuda) == dtype
+    assert hardware.needs_grad_scaler(hardware.amp_dtype(Config(device="cuda"), cuda)) == (dtype == torch.float16)
+    assert hardware.amp_dtype(Config(device="cuda", amp=False), cuda) is None
+    assert hardware.use_channels_last(Config(device="cuda"), cuda)
+    assert not hardware.use_channels_last(Config(device="cuda", channels_last=False), cuda)
+    name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    assert hardware.describe(Config(device="cuda")).startswith(f"{gpu}: {name} mixed precision, channels_last")
+
+
+def _fp16_on_cpu(monkeypatch) -> None:
+    """Make fit_task take the T4 path on the CPU: fp16 autocast and an enabled GradScaler."""
+    import helpers.engine as engine
+
+    monkeypatch.setattr(engine, "resolve", lambda cfg: (CPU, torch.float16, False))
+
+
+def test_fp16_training_uses_a_grad_scaler_and_resumes_it_exactly(tmp_path, monkeypatch):
+    from helpers.engine import fit_task
+
+    from .resume import assert_identical_runs, crash_after_saves
+    from .test_training_files import ScriptedTask, _scfg
+
+    _fp16_on_cpu(monkeypatch)
+    values = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+
+    def run(folder, first_epoch=0):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        torch.nn.init.constant_(model.weight, 300.0)  # fp16 gradients overflow at the first scales
+        return fit_task(model, LoudTask(values, first_epoch=first_epoch), _scfg(tmp_path / folder),
+                        run_name="fp16", epochs=6, progress=False)
+
+    class LoudTask(ScriptedTask):
+        def step_loss(self, model, data, channels_last):
+            loss, stats = super().step_loss(model, data, channels_last)
+            assert model(data[0]).dtype == torch.float16  # autocast really ran in fp16
+            return loss, stats
+
+    straight = run("a")
+    scaler = torch.load(straight.resume_file, weights_only=True)["train"]["scaler"]
+    assert scaler["scale"] < 65536.0  # it backed off: the scaler's state matters for an exact resume
+    crash_after_saves(monkeypatch, lambda: run("b"), saves=3)
+    assert torch.load(tmp_path / "b" / "runs" / "fp16.resume.pt", weights_only=True)["train"]["scaler"]["scale"] > 0
+    resumed = run("b", first_epoch=3)
+    assert resumed.resumed_from == 3
+    assert_identical_runs(straight, resumed)
+    assert torch.load(resumed.resume_file, weights_only=True)["train"]["scaler"] == scaler
+
+
+def test_bf16_and_fp32_need_no_scaler_state(tmp_path, monkeypatch):
+    import helpers.engine as engine
+    from helpers.engine import fit_task
+
+    from .test_training_files import ScriptedTask, _scfg
+
+    for dtype in (None, torch.bfloat16):
+        monkeypatch.setattr(engine, "resolve", lambda cfg, dtype=dtype: (CPU, dtype, False))
+        result = fit_task(torch.nn.Linear(4, 1), ScriptedTask([0.1, 0.2]), _scfg(tmp_path / str(dtype)),
+                          run_name="x", epochs=2, progress=False)
+        assert torch.load(result.resume_file, weights_only=True)["train"]["scaler"] == {}

@@ -36,6 +36,7 @@ def test_extensions_case_insensitive():
     assert is_image_file("a/b/n01443537_19638.JPEG")
     assert is_image_file("x.Png") and is_image_file("x.webp")
     assert not is_image_file("mask.json") and not is_image_file("README") and not is_image_file("x.jpg.txt")
+    assert not is_image_file("test/._00000.JPEG") and not is_image_file(".hidden.png")  # macOS resource forks
 
 
 def test_rgb_jpeg(tmp_path):
@@ -189,15 +190,27 @@ def test_missing_file_names_it(tmp_path):
 def test_garbage_bytes_raise_image_load_error(tmp_path):
     p = tmp_path / "garbage.JPEG"
     p.write_bytes(b"this is not an image at all" * 10)
-    with pytest.raises(ImageLoadError, match="garbage.JPEG.*replace or delete") as info:
+    with pytest.raises(ImageLoadError, match="garbage.JPEG.*replace it with a good copy") as info:
         load_image(p)
     assert isinstance(info.value, ValueError)
     with pytest.raises(ImageLoadError, match="garbage.JPEG"):
         image_size(p)
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
-    with pytest.raises(ImageLoadError, match="empty.png"):
+    with pytest.raises(ImageLoadError, match=r"empty.png: the file is empty \(0 bytes\).*good copy"):
         load_image(empty)
+    with pytest.raises(ImageLoadError, match=r"empty.png: the file is empty"):
+        image_size(empty)
+
+
+def test_decompression_bomb_is_refused_with_a_way_out(tmp_path, monkeypatch):
+    p = tmp_path / "huge.JPEG"
+    Image.fromarray(_noise(30, 40)).save(p, "PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 1200 pixels > 2 x the limit: refused
+    for read in (load_image, image_size):
+        with pytest.raises(ImageLoadError, match=r"huge.JPEG: refused as a possible decompression bomb "
+                                                 r".*MAX_IMAGE_PIXELS = None"):
+            read(p)
 
 
 def test_directory_is_not_an_image(tmp_path):

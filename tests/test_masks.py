@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from helpers.masks import (IGNORE_ID, IGNORE_INDEX, class_to_id, id_to_class, ids_to_index, ids_to_rgb,
-                           index_to_ids, read_mask, rgb_to_ids, write_mask)
+                           index_to_ids, read_label_mask, read_mask, rgb_to_ids, write_mask)
 
 
 def test_ignore_colour_is_232_3_0():
@@ -65,3 +66,39 @@ def test_read_mask_errors_name_the_file(tmp_path):
     (tmp_path / "junk.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="junk.png"):
         read_mask(tmp_path / "junk.png")
+
+
+def _rgb_mask(path, colours):
+    rgb = np.zeros((4, len(colours), 3), dtype=np.uint8)
+    rgb[:, :] = colours
+    Image.fromarray(rgb, "RGB").save(path)
+    return path
+
+
+def test_label_mask_accepts_background_its_class_and_ignore(tmp_path):
+    path = _rgb_mask(tmp_path / "ok.png", [(0, 0, 0), (3, 0, 0), (232, 3, 0)])
+    index = read_label_mask(path, class_id=2, num_classes=5)
+    assert index.dtype == np.uint8 and index[0].tolist() == [0, 3, IGNORE_INDEX]
+    assert read_label_mask(path, class_id=-1, num_classes=5)[0].tolist() == [0, 3, IGNORE_INDEX]
+
+
+@pytest.mark.parametrize("colour, meaning", [
+    ((2, 0, 0), r"\(2, 0, 0\) x 4 px \(class 1\)"),  # another class of the dataset
+    ((3, 0, 200), r"\(3, 0, 200\) x 4 px \(no id of this dataset\)"),  # a colour picture, not an id map
+    ((116, 1, 0), r"\(116, 1, 0\) x 4 px \(no id of this dataset\)"),  # anti-aliased ignore band edge
+])
+def test_label_mask_with_other_colours_names_file_colours_and_fix(tmp_path, colour, meaning):
+    path = _rgb_mask(tmp_path / "n0_1.png", [(0, 0, 0), (3, 0, 0), colour])
+    with pytest.raises(ValueError, match=r"n0_1\.png: the mask holds colours other than background \(0, 0, 0\), "
+                                         r"its class \(3, 0, 0\) and ignore \(232, 3, 0\): " + meaning
+                                         + r".*fix the mask .* or remove its entry"):
+        read_label_mask(path, class_id=2, num_classes=5)
+
+
+def test_label_mask_unreadable_names_the_file(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(ValueError, match=r"broken\.png: cannot be read as a PNG mask"):
+        read_label_mask(path, class_id=0, num_classes=5)
+    with pytest.raises(FileNotFoundError, match=r"gone\.png"):
+        read_label_mask(tmp_path / "gone.png", class_id=0, num_classes=5)

@@ -108,3 +108,41 @@ def test_pseudo_labeled_subset_replaces_labels():
     assert part.keys == ["1", "4"] and part.labels.tolist() == [2, 0]
     assert torch.equal(part.images, data.images[[1, 4]])
     assert data.labels.tolist() == [-1] * n  # the source is untouched
+
+
+def test_per_class_cap_binds_when_balanced():
+    from helpers.pseudo import per_class_cap
+
+    # 8 images, 3 classes; 6 above 0.8: 3 of class 0, 2 of class 1, 1 of class 2
+    assert per_class_cap(PROBS, 0.8, explicit=5) == 5
+    assert per_class_cap(PROBS, 0.8) == default_max_per_class(8, 3) == 6  # loose: does not bind here
+    cap = per_class_cap(PROBS, 0.8, balance=1.0)
+    assert cap == 2  # ceil(6 / 3)
+    idx, labels = select_pseudo_labels(PROBS, 0.8, cap)
+    assert pseudo_label_stats(labels, 3).tolist() == [2, 2, 1]  # class 0 trimmed to the cap
+    assert 3 not in idx.tolist()  # its least confident image (0.90) goes
+
+
+def test_stored_pseudo_labels_are_reused_while_the_teacher_is_the_same(tmp_path):
+    from helpers import pipeline
+    from helpers.config import Config
+
+    cfg = Config(run_dir=tmp_path)
+    (tmp_path / "teacher.pt").write_bytes(b"weights v1")
+    calls = []
+
+    def select():
+        calls.append(1)
+        return torch.tensor([0, 3]), torch.tensor([2, 1])
+
+    keys = ["a", "b", "c", "d"]
+    first = pipeline.stored_pseudo_labels(cfg, "pseudo_r1", "teacher", keys, select)
+    again = pipeline.stored_pseudo_labels(cfg, "pseudo_r1", "teacher", keys, lambda: (torch.tensor([1]), torch.tensor([0])))
+    assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(first, again))
+    (tmp_path / "teacher.pt").write_bytes(b"weights v2")  # another teacher: selected again
+    pipeline.stored_pseudo_labels(cfg, "pseudo_r1", "teacher", keys, select)
+    assert len(calls) == 2
+    pipeline.stored_pseudo_labels(cfg, "pseudo_r1", "teacher", keys[:3], select)  # other images: again
+    assert len(calls) == 3 and not list(tmp_path.glob("*.tmp"))
+    pipeline.stored_pseudo_labels(cfg, "pseudo_r1", "teacher", keys[:3], select, {"threshold": 0.9})  # other settings
+    assert len(calls) == 4

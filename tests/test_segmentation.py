@@ -406,3 +406,66 @@ def test_evaluate_segmentation_perfect_prediction(tmp_path):
     assert wrong["fg_iou"] == pytest.approx(1.0) and wrong["iou"][1:].max() == pytest.approx(0.0)
     with pytest.raises(ValueError, match="samples and data differ"):
         evaluate_segmentation(Oracle(), data, samples[::-1], cfg, image_classes=data.labels)
+
+
+# ----------------------------------------------------------------------------- semi-supervised segmentation
+def test_paired_views_share_their_geometry():
+    from helpers.augment import color_jitter, normalize, paired_views, random_resized_affine, strong_colour
+
+    images = _squares(4).images
+    weak, strong = paired_views(images, SIZE, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    x, _ = random_resized_affine(images, None, SIZE, scale=(0.35, 1.0), generator=gen)  # one warp ...
+    torch.testing.assert_close(weak, normalize(color_jitter(x, 0.2, 0.2, 0.2, 0.02, generator=gen)))
+    torch.testing.assert_close(strong, normalize(strong_colour(x, gen)))  # ... for both views
+    assert not torch.allclose(weak, strong)
+
+
+def test_dense_consistency_loss_by_hand():
+    from helpers.segmentation import dense_consistency_loss
+
+    seg_weak = torch.zeros(1, 3, 1, 2)
+    seg_weak[0, 2, 0, 0] = 10.0  # pixel (0, 0): sure of class index 2; pixel (0, 1): unsure
+    weak = {"seg": seg_weak, "fg": torch.zeros(1, 1, 1, 2)}
+    strong = {"seg": torch.zeros(1, 3, 1, 2, requires_grad=True), "fg": torch.zeros(1, 1, 1, 2, requires_grad=True)}
+    loss, mask = dense_consistency_loss(weak, strong, threshold=0.9)
+    assert mask.tolist() == [[[1.0, 0.0]]]
+    # confident pixel: CE of uniform logits = log 3, BCE of logit 0 against "object" = log 2; mean over 2 pixels
+    assert loss.item() == pytest.approx((math.log(3) + math.log(2)) / 2, rel=1e-5)
+    loss.backward()
+    assert strong["seg"].grad[0, :, 0, 1].abs().sum() == 0 and strong["seg"].grad[0, :, 0, 0].abs().sum() > 0
+
+
+def test_step_loss_adds_the_weighted_dense_consistency(tmp_path):
+    """Fails if the unlabeled term leaves the U-Net's objective."""
+    from helpers.segmentation import SegmentationTask, dense_consistency_loss, segmentation_loss
+
+    cfg = _cfg(tmp_path, seg_consistency_weight=0.5, seg_consistency_threshold=0.0)
+    train = _squares(8)
+    task = SegmentationTask(train, None, cfg, NUM_CLASSES, unlabeled=_squares(8, seed=5))
+    model = _segmenter(cfg).eval()
+    gen = torch.Generator().manual_seed(0)
+    x, target = torch.randn(2, 3, SIZE, SIZE, generator=gen), train.masks[:2]
+    weak, strong = torch.randn(2, 3, SIZE, SIZE, generator=gen), torch.randn(2, 3, SIZE, SIZE, generator=gen)
+    loss, stats = task.step_loss(model, (x, target, (weak, strong)), channels_last=False)
+    with torch.no_grad():
+        expected_u, _ = dense_consistency_loss(model(weak), model(strong), 0.0)
+        expected = segmentation_loss(model(x), target) + 0.5 * expected_u
+    assert expected_u > 0
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-5)
+    assert stats[3] == stats[4] == 2 * SIZE * SIZE  # threshold 0: every pixel is confident
+
+
+def test_fit_segmenter_with_unlabeled_images(tmp_path):
+    cfg = _cfg(tmp_path, seg_epochs=2, seg_consistency_weight=1.0, seg_consistency_threshold=0.5)
+    unl = _squares(16, seed=4)
+    result = fit_segmenter(_segmenter(cfg), _squares(16), _squares(4, seed=1), cfg, run_name="semi",
+                           unlabeled=unl, progress=False)
+    settings = torch.load(result.checkpoint, weights_only=True)["settings"]
+    assert settings["num_unlabeled"] == 16 and settings["seg_consistency_weight"] == 1.0
+    for h in result.history:
+        assert 0 <= h["pixel_mask_rate"] <= 1
+    off = _cfg(tmp_path, seg_epochs=1)  # weight 0: the unlabeled images are not used
+    plain = fit_segmenter(_segmenter(off), _squares(16), None, off, run_name="plain", unlabeled=unl, progress=False)
+    assert "num_unlabeled" not in torch.load(plain.checkpoint, weights_only=True)["settings"]
+    assert "pixel_mask_rate" not in plain.history[0]

@@ -28,6 +28,7 @@ def test_dir(tmp_path):
     for name, (w, h, fmt) in TEST_IMAGES.items():
         Image.new("RGB", (w, h), (120, 30, 60)).save(folder / name, format=fmt)
     (folder / "notes.txt").write_text("not an image")  # ignored: not an image extension
+    (folder / "._00000.JPEG").write_bytes(b"\x00\x05\x16\x07")  # ignored: a macOS resource fork
     return folder
 
 

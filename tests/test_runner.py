@@ -1,0 +1,81 @@
+"""Tests for helpers.runner's guards: one run per run folder, and what a killed run leaves behind."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import runner
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "IMSUB_ROOT": str(REPO)}
+
+
+def _sleeper(run_dir: Path, parent_pid: int) -> subprocess.Popen:
+    """A stand-in kernel: a process with the run folder and a JPY_PARENT_PID in its environment."""
+    env = {**ENV, "IMSUB_RUN_DIR": str(run_dir), "JPY_PARENT_PID": str(parent_pid)}
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_clean_up_ends_orphaned_kernels_and_removes_partial_files(tmp_path, capsys):
+    pytest.importorskip("psutil")
+    run_dir = tmp_path / "runs" / "smoke"
+    run_dir.mkdir(parents=True)
+    (run_dir / "classifier_baseline.pt.tmp").write_bytes(b"half a checkpoint")
+    (run_dir / "classifier_baseline.pt").write_bytes(b"the previous checkpoint")
+    orphan = _sleeper(run_dir, _dead_pid())  # its runner is gone
+    attached = _sleeper(run_dir, os.getpid())  # its runner (this test) is alive
+    other = _sleeper(tmp_path / "elsewhere", _dead_pid())  # another run folder's orphan
+    try:
+        time.sleep(0.5)
+        runner._clean_up_after_kill(run_dir)
+        assert orphan.wait(10) is not None
+        assert attached.poll() is None and other.poll() is None
+    finally:
+        for proc in (orphan, attached, other):
+            proc.kill()
+            proc.wait(10)
+    out = capsys.readouterr().out
+    assert f"ending kernel {orphan.pid} left running by an interrupted run" in out
+    assert "removing classifier_baseline.pt.tmp, a partial file left by an interrupted run" in out
+    assert sorted(p.name for p in run_dir.iterdir()) == ["classifier_baseline.pt"]
+
+
+def test_a_second_run_on_the_same_run_folder_stops_and_changes_nothing(tmp_path):
+    run_dir = tmp_path / "out" / "runs" / "smoke"
+    hold = textwrap.dedent("""
+        import sys
+        from helpers.fileops import folder_lock
+        with folder_lock(sys.argv[1]):
+            (__import__("pathlib").Path(sys.argv[1]) / "classifier_baseline.pt").write_bytes(b"first run's")
+            print("locked", flush=True)
+            sys.stdin.read()
+    """)
+    first = subprocess.Popen([sys.executable, "-c", hold, str(run_dir)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert first.stdout.readline().strip() == "locked"
+        second = subprocess.run([sys.executable, "-m", "helpers", "run", "--preset", "smoke", "--out",
+                                 str(tmp_path / "out")], capture_output=True, text=True, env=ENV, timeout=120)
+        assert second.returncode == 3, second.stderr
+        assert f"runs/smoke: this run folder is in use by process {first.pid}" in second.stderr
+        assert "Two runs must not share one run folder" in second.stderr
+        assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+            "out", "out/runs", "out/runs/smoke", "out/runs/smoke/classifier_baseline.pt", "out/runs/smoke/run.lock"]
+        assert (run_dir / "classifier_baseline.pt").read_bytes() == b"first run's"
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.stdin.close()
+        first.wait(10)
+    assert first.returncode == 0 and not (run_dir / "run.lock").exists()
