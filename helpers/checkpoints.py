@@ -21,6 +21,7 @@ from .fileops import RecordingWriter, write_error
 # Who writes a checkpoint, by the first word of its file name (the run_name); used in error messages.
 _PRODUCERS = {
     "classifier_pseudo": "notebooks/03_pseudo_labeling.ipynb (or `python -m helpers run`)",
+    "classifier_ssl": "notebooks/02_self_supervised.ipynb (or `python -m helpers run`)",
     "classifier": "notebooks/01_classifier_baseline.ipynb (or `python -m helpers run`)",
     "unet": "notebooks/04_unet_segmentation.ipynb (or `python -m helpers run`)",
     "ssl": "notebooks/02_self_supervised.ipynb (or `python -m helpers run`)",

@@ -83,7 +83,7 @@ class Config:
     cpu_bf16: bool = False  # bf16 autocast + channels_last on CPUs with bf16 instructions: faster, less accurate
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
     cache_dir: Path | None = None
-    run_dir: Path | None = None  # checkpoints and records of this dataset and preset (default runs/<dataset_tag>/<preset>)
+    run_dir: Path | None = None  # checkpoints and records (default runs/<dataset_tag>/<preset>, "-ssl" added with init "ssl")
     # A persistent folder (Drive, /kaggle/working) the checkpoints and records are copied to, and
     # restored from in a new session. $IMSUB_MIRROR_DIR / get_config(mirror_dir=...) name its base:
     # get_config appends <dataset_tag>/<preset>. None: everything stays on this machine's disk.
@@ -217,7 +217,7 @@ def get_config(preset: str | None = None, *, prepare_data: bool = True, **overri
     if cfg.truth_root is None and (data_root.parent / "demo_info.json").is_file():
         cfg.truth_root = data_root.parent / "truth"  # a demo dataset given explicitly keeps its truth
     cfg.dataset_tag = cfg.dataset_tag or dataset_tag(data_root, demo=source == "demo")
-    cfg.run_dir = Path(cfg.run_dir or root / "runs" / cfg.dataset_tag / preset)
+    cfg.run_dir = Path(cfg.run_dir or root / "runs" / cfg.dataset_tag / run_folder_name(preset, cfg.init))
     cfg.submission_dir = Path(cfg.submission_dir or (root / "submission" if preset != "smoke"
                                                      else cfg.run_dir / "submission"))
     if cfg.mirror_dir:
@@ -231,6 +231,16 @@ def get_config(preset: str | None = None, *, prepare_data: bool = True, **overri
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     return cfg
+
+
+def run_folder_name(preset: str, init: str) -> str:
+    """The run folder's name: the preset, plus the start when it is not random weights ("cpu", "cpu-ssl").
+
+    Runs that start from another encoder choose other teachers and classifiers, so they get their own
+    folder: switching IMSUB_INIT never meets the checkpoints of the other start.
+    """
+    init = str(init).strip().lower()
+    return preset if init in ("", "scratch") else f"{preset}-{init}"
 
 
 def _restore(run_dir: Path, mirror_dir: Path) -> None:

@@ -11,13 +11,14 @@ import torch
 from torch import nn
 
 from .cache import CachedImages, load_cached
-from .checkpoints import load_checkpoint, mirror_file
+from .checkpoints import STATE_SUFFIX, load_checkpoint, mirror_file
 from .config import Config
 from .data import DatasetIndex, Sample, load_index, split_labeled
 from .models import build_classifier, classifier_from_spec, model_spec
 from .transfer import load_encoder_weights
 
 BASELINE_RUN = "classifier_baseline"
+SSL_CLASSIFIER_RUN = "classifier_ssl"  # notebook 02: notebook 01's recipe, started from the pretrained encoder
 SUMMARY_FILE = "summary.json"
 
 
@@ -95,6 +96,13 @@ def checkpoint_path(cfg: Config, run_name: str) -> Path:
     return Path(cfg.run_dir) / f"{run_name}.pt"
 
 
+def training_history(cfg: Config, run_name: str) -> list[dict]:
+    """The per-epoch history of a finished training run (from its resume file, else its weights file)."""
+    state = Path(cfg.run_dir) / f"{run_name}{STATE_SUFFIX}"
+    path = state if state.is_file() else checkpoint_path(cfg, run_name)
+    return list(load_checkpoint(path).get("history", []))
+
+
 def load_classifier(cfg: Config, run_name: str, num_classes: int | None = None) -> nn.Module:
     """Rebuild a classifier from its checkpoint (best weights), in eval mode on cfg.device."""
     ckpt = load_checkpoint(checkpoint_path(cfg, run_name), num_classes=num_classes)
@@ -137,9 +145,19 @@ def load_record(cfg: Config) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def start_classifier(cfg: Config) -> str:
+    """The labeled-only classifier the later notebooks start from: 01's baseline, or 02's with init "ssl"."""
+    name = SSL_CLASSIFIER_RUN if str(cfg.init).strip().lower() == "ssl" else BASELINE_RUN
+    if not checkpoint_path(cfg, name).is_file():
+        producer = "02_self_supervised" if name == SSL_CLASSIFIER_RUN else "01_classifier_baseline"
+        raise FileNotFoundError(f"{checkpoint_path(cfg, name)} not found: run notebook {producer} first "
+                                f"(init is {cfg.init!r}; IMSUB_INIT=scratch starts from 01's baseline)")
+    return name
+
+
 def chosen_classifier(cfg: Config) -> str:
-    """The classifier run the earlier notebooks chose (the baseline if 03 has not run)."""
-    return load_record(cfg).get("classifier", BASELINE_RUN)
+    """The classifier run the earlier notebooks chose (03's choice; before it, start_classifier)."""
+    return load_record(cfg).get("classifier") or start_classifier(cfg)
 
 
 def stored_pseudo_labels(cfg: Config, name: str, teacher_run: str, keys: list[str], select,

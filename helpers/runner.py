@@ -3,7 +3,9 @@
 `python -m helpers run` and `make run` use this. Each notebook runs in a fresh kernel with the
 run's settings passed as IMSUB_* environment variables, so the headless job performs exactly the
 notebooks' steps with the same helpers functions. Training resumes from its checkpoints, so an
-interrupted run picks up where it stopped when started again.
+interrupted run picks up where it stopped when started again. A notebook whose metadata declares
+a need the dataset does not meet (`"imsub": {"needs": ["unlabeled"]}` in 03) is skipped with a
+note in the summary, and the later notebooks continue from the best model there is.
 
 A run holds `run_dir/run.lock` (helpers.fileops.folder_lock): a second run on the same run folder
 stops with a message naming the first. The kernels are not in the runner's process group
@@ -123,6 +125,17 @@ def _clean_up_after_kill(run_dir: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def notebook_needs(path: Path) -> list[str]:
+    """What a notebook declares it needs in its metadata (`"imsub": {"needs": ["unlabeled"]}`)."""
+    return list(json.loads(path.read_text(encoding="utf-8")).get("metadata", {}).get("imsub", {}).get("needs", []))
+
+
+def missing_needs(path: Path, index) -> list[str]:
+    """The needs of a notebook this dataset does not meet ("unlabeled": it has no unlabeled images)."""
+    have = {"unlabeled": bool(index.unlabeled)}
+    return [need for need in notebook_needs(path) if not have.get(need, True)]
+
+
 def run(preset: str, data_root: str | None = None, out: str | None = None,
         only: list[str] | None = None) -> dict:
     """Execute the notebooks for a preset/data/output, then return the run's summary with stage times.
@@ -130,6 +143,7 @@ def run(preset: str, data_root: str | None = None, out: str | None = None,
     Raises helpers.fileops.FolderInUseError when another run uses the same run folder.
     """
     from .config import get_config
+    from .data import load_index
     from .pipeline import load_record, record
 
     settings = run_settings(preset, data_root, out)
@@ -143,15 +157,24 @@ def run(preset: str, data_root: str | None = None, out: str | None = None,
             executed = (Path(out).expanduser().resolve() if out else project_root() / "build") / "notebooks"
             print(f"preset {cfg.preset}, data {cfg.data_root} ({cfg.data_source}), checkpoints {cfg.run_dir}")
             times = dict(load_record(cfg).get("stage_seconds", {}))
+            index = load_index(cfg.data_root)
+            skipped = {}
             for nb in notebooks:
                 print(f"== {nb.name}", flush=True)
+                missing = missing_needs(nb, index)
+                if missing:  # e.g. no train-unlabeled/: 03 has nothing to learn from; 04 and 05 go on
+                    skipped[nb.stem] = f"the dataset has no {' and no '.join(missing)} images"
+                    print(f"   skipped: {skipped[nb.stem]}", flush=True)
+                    times.pop(nb.stem, None)
+                    record(cfg, stage_seconds=times, skipped=skipped)
+                    continue
                 try:
                     times[nb.stem] = round(execute_notebook(nb, executed), 1)
                 except Exception as exc:
                     raise RuntimeError(f"{nb.name} failed: {str(exc)[-2000:]}\nThe executed copy with the "
                                        f"error is {executed / nb.name}") from None
                 print(f"   done in {times[nb.stem]:.0f} s", flush=True)
-                record(cfg, stage_seconds=times)
+                record(cfg, stage_seconds=times, skipped=skipped)
             return load_record(cfg)
 
 
@@ -161,6 +184,7 @@ def format_summary(summary: dict) -> str:
     labels = [("ssl_knn_acc", "self-supervised encoder, kNN accuracy (val)"),
               ("ssl_probe_acc", "self-supervised encoder, linear probe (val)"),
               ("baseline_val_acc", "baseline classifier, validation accuracy"),
+              ("ssl_val_acc", "fine-tuned from the SSL encoder, val. accuracy"),
               ("pseudo_val_acc", "after pseudo-labeling, validation accuracy"),
               ("pseudo_precision", "pseudo-label precision (demo truth)"),
               ("pseudo_coverage", "pseudo-label coverage"),
@@ -173,6 +197,8 @@ def format_summary(summary: dict) -> str:
         if key in summary:
             value = summary[key]
             lines.append(f"{label:<44} {value:.3f}" if isinstance(value, float) else f"{label:<44} {value}")
+    for name, why in summary.get("skipped", {}).items():
+        lines.append(f"{'skipped: ' + name:<44} {why}")
     stages = summary.get("stage_seconds", {})
     if stages:
         lines.append("-" * 60)

@@ -79,3 +79,29 @@ def test_a_second_run_on_the_same_run_folder_stops_and_changes_nothing(tmp_path)
         first.stdin.close()
         first.wait(10)
     assert first.returncode == 0 and not (run_dir / "run.lock").exists()
+
+
+def test_a_dataset_without_unlabeled_images_runs_end_to_end(tmp_path):
+    """No train-unlabeled/: the runner skips 03 (its metadata needs unlabeled images), 04 and 05 go on."""
+    import json
+    import shutil
+
+    from helpers.config import demo_dir, project_root
+    from helpers.demo import ensure_demo
+
+    source = ensure_demo(demo_dir(project_root()))
+    data = tmp_path / "ImageNet-Subset"
+    shutil.copytree(source, data, ignore=shutil.ignore_patterns("train-unlabeled"))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "helpers", "run", "--preset", "smoke", "--data-root", str(data),
+                           "--out", str(out)], env={**ENV, "IMSUB_INIT": "ssl"}, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "skipped: the dataset has no unlabeled images" in done.stdout
+    summary = json.loads(next(out.glob("runs/*/summary.json")).read_text())
+    assert list(summary["skipped"]) == ["03_pseudo_labeling"]
+    assert "03_pseudo_labeling" not in summary["stage_seconds"] and "05_submission" in summary["stage_seconds"]
+    assert "classifier" not in summary  # 04 and 05 used the labeled-only classifier (02's, init "ssl")
+    assert (out / "submission" / "classification.json").is_file()
+    executed = json.loads((out / "notebooks" / "05_submission.ipynb").read_text())
+    assert "classifier_ssl" in json.dumps(executed["cells"])
