@@ -35,13 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from helpers.cache import load_cached  # noqa: E402
+from helpers.classification import fit  # noqa: E402
 from helpers.config import get_config, seed_everything  # noqa: E402
 from helpers.data import Sample, load_index  # noqa: E402
+from helpers.engine import build_optimizer  # noqa: E402
 from helpers.hardware import autocast, describe, resolve, to_layout  # noqa: E402
 from helpers.images import load_image  # noqa: E402
 from helpers.models import build_classifier, model_spec  # noqa: E402
-from helpers.classification import fit  # noqa: E402
-from helpers.engine import build_optimizer  # noqa: E402
 
 
 def synthetic_jpegs(folder: Path, n: int, num_classes: int, seed: int = 0) -> list[Sample]:

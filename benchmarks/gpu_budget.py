@@ -265,7 +265,7 @@ def simulate_checkpoints(epoch_seconds: dict[str, float], tmp: Path, every: floa
                     unlabeled=unl, progress=False))
     for name in ("unet_scratch", "unet_from_classifier"):
         run(f"03 {name}", epoch_seconds["03"],
-            lambda: fit_segmenter(new_segmenter(cfg, index), train, val, cfg, run_name=name, progress=False))
+            lambda: fit_segmenter(new_segmenter(cfg, index), train, val, cfg, run_name=name, progress=False))  # noqa: B023 - called at once
     checkpoints.TrainingFiles.save = real_save
     return results
 

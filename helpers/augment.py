@@ -84,7 +84,7 @@ def _to_device(t: Tensor, like: Tensor, dtype: torch.dtype | None = None) -> Ten
     return t.to(device=like.device, dtype=dtype or like.dtype, non_blocking=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mean_std(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """MEAN and STD as [1,3,1,1] tensors, built once per device (no host-device copy per batch)."""
     mean = torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)

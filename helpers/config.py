@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import re
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .augment import paired_views, weak_augment
 from .cache import CachedImages
 from .checkpoints import load_checkpoint
 from .config import Config
-from .data import DatasetIndex
 from .consistency import unlabeled_order
+from .data import DatasetIndex
 from .engine import FitResult, TrainTask, data_fingerprint, fit_task
 from .hardware import autocast, resolve, to_layout
-from .augment import paired_views, weak_augment
 from .mask_prediction import METHODS, masks_from_predictions, model_inputs, resize_maps, segmenter_classes
 from .masks import IGNORE_INDEX, index_to_ids
 from .metrics import SegmentationScore, segmentation_counts

@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds += result["seconds"]
         problems += result["problems"]
         rows += [row(len(rows) + i + 1, f"run {episode}, kill {i + 1}", k) for i, k in enumerate(result["kills"])]
-        for arm, mode, at in result["unused"]:
+        for arm, mode, _at in result["unused"]:
             if arm:
                 problems.append(f"the aimed kill {arm} was never reached")
             else:

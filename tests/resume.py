@@ -1,7 +1,7 @@
 """Shared checks of crash-and-resume for the tests of helpers.classification and helpers.segmentation."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch

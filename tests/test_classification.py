@@ -112,7 +112,7 @@ def test_ema_update_math():
     ema = EMA(model, decay=0.9, warmup=False)
     old = {k: v.clone() for k, v in ema.model.state_dict().items()}
     with torch.no_grad():  # new weights and buffers, int counter changed too
-        for k, v in model.state_dict().items():
+        for v in model.state_dict().values():
             if v.is_floating_point():
                 v.add_(torch.randn_like(v))
             else:

@@ -1,12 +1,11 @@
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from helpers.data import KNOWN_CLASS_NAMES, load_index, split_labeled
 from helpers.masks import write_mask
-
-import numpy as np
 
 
 def make_dataset(root, wnids=("n01443537", "n01491361", "n01531178"), per_class=4, ext=".JPEG",
@@ -147,7 +146,7 @@ def test_class_id_types(tmp_path):
     _set_entries(root, as_text_and_float)
     assert [s.label for s in load_index(root).labeled] == [0] * 4 + [1] * 4 + [2] * 4
     for bad in (1.5, True, None, "one"):
-        _set_entries(root, lambda entries: entries[0].update(class_id=bad))
+        _set_entries(root, lambda entries: entries[0].update(class_id=bad))  # noqa: B023 - called at once
         with pytest.raises(ValueError, match=r"entry 'n01443537/n01443537_0\.jpg' has class_id .*whole numbers"):
             load_index(root)
 

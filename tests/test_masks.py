@@ -3,8 +3,19 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.masks import (IGNORE_ID, IGNORE_INDEX, class_to_id, id_to_class, ids_to_index, ids_to_rgb,
-                           index_to_ids, read_label_mask, read_mask, rgb_to_ids, write_mask)
+from helpers.masks import (
+    IGNORE_ID,
+    IGNORE_INDEX,
+    class_to_id,
+    id_to_class,
+    ids_to_index,
+    ids_to_rgb,
+    index_to_ids,
+    read_label_mask,
+    read_mask,
+    rgb_to_ids,
+    write_mask,
+)
 
 
 def test_ignore_colour_is_232_3_0():

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from helpers.masks import IGNORE_ID, write_mask
-from helpers.metrics import (SegmentationScore, accuracy, confusion_matrix, miou, score_submission,
-                             segmentation_counts)
+from helpers.metrics import SegmentationScore, accuracy, confusion_matrix, miou, score_submission, segmentation_counts
 
 
 def test_accuracy():

@@ -8,7 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.models import ARCHS, UNet, build_classifier, classifier_from_spec, count_parameters, model_spec, unet_from_spec
+from helpers.models import (
+    ARCHS,
+    UNet,
+    build_classifier,
+    classifier_from_spec,
+    count_parameters,
+    model_spec,
+    unet_from_spec,
+)
 from helpers.segmentation import segmentation_loss
 from helpers.transfer import EncoderLoadReport, encoder_state_from_classifier, load_encoder, load_encoder_weights
 
@@ -25,13 +33,13 @@ def _randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shared_classifier(arch: str, small_stem: bool) -> nn.Module:
     """One 7-way classifier per (arch, stem), built once; only for tests that do not modify it."""
     return build_classifier(arch, num_classes=7, small_stem=small_stem).eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shared_unet(arch: str, small_stem: bool) -> UNet:
     """One 4-class U-Net per (arch, stem), built once; only for tests that do not modify it."""
     return UNet(arch, num_classes=4, small_stem=small_stem).eval()

@@ -15,10 +15,16 @@ from helpers.cache import CachedImages
 from helpers.checkpoints import save_checkpoint
 from helpers.config import Config
 from helpers.data import Sample
+from helpers.mask_prediction import (
+    _prune_probability_channels,
+    evaluate_segmentation,
+    masks_from_predictions,
+    predict_masks_original,
+    predict_segmentation,
+    resize_to_original,
+)
 from helpers.masks import IGNORE_ID, write_mask
 from helpers.models import build_classifier, model_spec
-from helpers.mask_prediction import (_prune_probability_channels, evaluate_segmentation, masks_from_predictions,
-                                     predict_masks_original, predict_segmentation, resize_to_original)
 from helpers.segmentation import fit_segmenter, load_segmenter, new_segmenter, validate_segmenter
 
 from .resume import assert_identical_runs, crash_after_saves
@@ -213,7 +219,7 @@ def test_encoder_from_classifier_checkpoint(tmp_path, capsys):
     torch.manual_seed(7)
     classifier = build_classifier("resnet18", NUM_CLASSES, small_stem=True)
     with torch.no_grad():  # non-default BN buffers, so that buffers are checked too
-        for name, buf in classifier.named_buffers():
+        for _name, buf in classifier.named_buffers():
             if buf.is_floating_point():
                 buf.uniform_(0.5, 1.5)
     spec = model_spec("resnet18", NUM_CLASSES, True, SIZE, INDEX.class_names)
@@ -345,7 +351,7 @@ def test_resize_to_original_resizes_scores_before_argmax():
 
 def test_pruned_probability_channels_give_the_same_masks():
     gen = torch.Generator().manual_seed(0)
-    for seed in range(5):
+    for _seed in range(5):
         logits = torch.randn(11, 8, 8, generator=gen)
         logits[:3] += 5  # like a trained model: a few classes compete, the others stay small
         probs = logits.softmax(dim=0)
@@ -364,7 +370,7 @@ def test_predict_masks_original_streams_original_sizes(tmp_path):
     classes = torch.tensor([0, 1, 1, 0])
     got = list(predict_masks_original(model, data, cfg, classes, "fg+class", batch_size=3))
     assert [k for k, _ in got] == data.keys
-    for (key, ids), size, k in zip(got, data.sizes, classes.tolist()):
+    for (_key, ids), size, k in zip(got, data.sizes, classes.tolist()):
         assert ids.shape == size and ids.dtype == np.int32
         assert set(np.unique(ids).tolist()) <= {0, k + 1}
     # "pixel" at the original size equals resizing predict_segmentation's probabilities there
