@@ -32,6 +32,7 @@ The map: one module per concern, in the order the notebooks meet them.
       hardware         device, mixed-precision dtype, memory format
       checkpoints      atomic checkpoint files, safe loading with clear errors, the checkpoint policy and mirror
       fileops          the folder lock of a run, failed-write errors (disk full, read-only), process liveness
+      tracking         per-epoch history beside each checkpoint (CSV), TensorBoard, optional W&B, comparing runs
       pipeline         what the notebooks share: run data, model loading, the run's recorded choices
       runner           `python -m helpers run`: the notebooks executed headless (one run per run folder), the summary
       demo             the synthetic demo dataset generator (`python -m helpers.demo`)

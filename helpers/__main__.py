@@ -1,4 +1,4 @@
-"""Command line: `python -m helpers run ...` (the whole job, headless) and `python -m helpers summary`."""
+"""Command line: `python -m helpers run ...` (the whole job, headless), `summary` and `compare` (training runs)."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 04,05")
     summary = sub.add_parser("summary", help="print the summary of a finished run")
     summary.add_argument("--run-dir", default=None, help="default: runs/<preset> of the current config")
+    compare = sub.add_parser("compare", help="one line per training run (epochs, best score, time) of run folders")
+    compare.add_argument("run_dirs", nargs="*", help="run folders (default: every folder under runs/)")
     args = parser.parse_args(argv)
 
     from . import runner
@@ -39,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         from .config import get_config
 
         runner.print_summary(args.run_dir or get_config(prepare_data=False).run_dir)
+        return 0
+    if args.command == "compare":
+        from .config import project_root
+        from .tracking import compare_runs
+
+        folders = args.run_dirs or sorted({p.parent for p in (project_root() / "runs").rglob("*.history.csv")})
+        print(compare_runs(folders) if folders else "no training runs under runs/ yet")
         return 0
     return 2
 

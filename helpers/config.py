@@ -82,6 +82,8 @@ class Config:
     channels_last: bool = True  # channels_last memory format on CUDA
     cpu_bf16: bool = False  # bf16 autocast + channels_last on CPUs with bf16 instructions: faster, less accurate
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    tensorboard: str = "auto"  # TensorBoard event files under run_dir/tensorboard: "auto" (if installed), "on", "off"
+    wandb_project: str = ""  # a Weights & Biases project to log to; "" (default): wandb is never imported
     cache_dir: Path | None = None
     run_dir: Path | None = None  # checkpoints and records (default runs/<dataset_tag>/<preset>, "-ssl" added with init "ssl")
     # A persistent folder (Drive, /kaggle/working) the checkpoints and records are copied to, and

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .cache import CachedImages
 from .checkpoints import STATE_SUFFIX, SaveStats, TrainingFiles
+from .tracking import Tracker
 from .config import Config
 from .ema import EMA, cpu_state
 from .hardware import autocast, needs_grad_scaler, resolve
@@ -326,6 +327,7 @@ def fit_task(
 
     if start_epoch < epochs:
         task.to_device(device)
+        tracker = Tracker(cfg, run_name, settings, start_epoch)  # <run>.history.csv, TensorBoard, W&B
         bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, desc=run_name, unit="step",
                    disable=not progress, dynamic_ncols=True)
         try:
@@ -339,6 +341,7 @@ def fit_task(
                 record.update(task.validate(eval_model))
                 record["seconds"] += time.perf_counter() - t0
                 history.append(record)
+                tracker.log(history)
                 value, tie = record[task.metric], record[task.tie_break]
                 if math.isnan(value) or not cfg.select_best_epoch:
                     improved = True  # no validation, or a fixed schedule: the latest epoch is kept
@@ -360,6 +363,7 @@ def fit_task(
                 best_dirty = False
         finally:
             bar.close()
+            tracker.close()
             task.release()
 
     if best["state"] is None and history:

@@ -15,6 +15,7 @@ from .checkpoints import STATE_SUFFIX, load_checkpoint, mirror_file
 from .config import Config
 from .data import DatasetIndex, Sample, load_index, split_labeled
 from .models import build_classifier, classifier_from_spec, model_spec
+from .tracking import history_path, read_history
 from .transfer import load_encoder_weights
 
 BASELINE_RUN = "classifier_baseline"
@@ -97,7 +98,10 @@ def checkpoint_path(cfg: Config, run_name: str) -> Path:
 
 
 def training_history(cfg: Config, run_name: str) -> list[dict]:
-    """The per-epoch history of a finished training run (from its resume file, else its weights file)."""
+    """The per-epoch history of a training run: its `<run>.history.csv` (helpers.tracking), else its checkpoint."""
+    csv_path = history_path(cfg.run_dir, run_name)
+    if csv_path.is_file():
+        return read_history(csv_path)
     state = Path(cfg.run_dir) / f"{run_name}{STATE_SUFFIX}"
     path = state if state.is_file() else checkpoint_path(cfg, run_name)
     return list(load_checkpoint(path).get("history", []))

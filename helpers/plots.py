@@ -158,7 +158,7 @@ def browse(samples: Sequence, class_names: Sequence[str], predictions: dict | No
     """An ipywidgets browser: page through samples with their masks (and predictions, if given).
 
     `predictions` maps a sample key to (class_id, index_mask) as produced by the later notebooks.
-    Returns the displayed VBox(slider, picture). Each page is drawn to a PNG in an Image widget: an
+    Returns the displayed VBox(HBox(previous, slider, next), picture). Each page is drawn to a PNG in an Image widget: an
     Output widget capturing plt.show() made headless runners (nbclient, nbval) hang now and then.
     """
     import io
@@ -171,6 +171,7 @@ def browse(samples: Sequence, class_names: Sequence[str], predictions: dict | No
     num_classes = len(class_names)
     picture = widgets.Image(format="png")
     slider = widgets.IntSlider(min=0, max=max(len(samples) - 1, 0), description="image")
+    previous, following = widgets.Button(description="◀ previous"), widgets.Button(description="next ▶")
 
     def render(i: int) -> None:
         s = samples[i]
@@ -193,9 +194,14 @@ def browse(samples: Sequence, class_names: Sequence[str], predictions: dict | No
         plt.close(fig)
         picture.value = buffer.getvalue()
 
+    def step(by: int) -> None:
+        slider.value = (slider.value + by) % (slider.max + 1)  # wraps around at either end
+
     slider.observe(lambda change: render(change["new"]), names="value")
+    previous.on_click(lambda _: step(-1))
+    following.on_click(lambda _: step(1))
     if samples:
         render(0)
-    box = widgets.VBox([slider, picture])
+    box = widgets.VBox([widgets.HBox([previous, slider, following]), picture])
     display(box)
     return box

@@ -11,6 +11,17 @@ A run holds `run_dir/run.lock` (helpers.fileops.folder_lock): a second run on th
 stops with a message naming the first. The kernels are not in the runner's process group
 (jupyter_client starts each in its own session); when the runner is killed, ipykernel's parent
 poller ends them within a second, and a restarted run ends any left over before it starts.
+
+Why nbclient and not papermill, the usual tool for executing parameterized notebooks: papermill
+runs notebooks on nbclient too, and adds parameters injected into a tagged cell, an output
+notebook saved cell by cell, and a per-cell progress bar. Our notebooks take every setting from
+`helpers.get_config()` and IMSUB_* environment variables, the way a student sets them in
+JupyterLab, Colab or a terminal alike; injected parameters would be a second, notebook-only way
+to configure a run that the notebooks would then have to reconcile. What the job needs beyond
+executing cells (the run-folder lock, ending orphaned kernels, removing partial files after a
+kill, skipping a notebook whose data is missing, stage times in the summary) papermill does not
+provide, so it would be one more dependency wrapped by the same code. The executed copies are
+written after each notebook (errors included) to build/notebooks/ for a look afterwards.
 """
 from __future__ import annotations
 

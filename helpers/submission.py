@@ -35,7 +35,8 @@ CLASSIFICATION_FILE = "classification.json"
 SEGMENTATION_DIR = "segmentation"
 _ELSEWHERE = "IMSUB_SUBMISSION_DIR, or `python -m helpers run --out DIR`"
 # What an existing submission folder may hold; anything else makes write_submission refuse to replace it.
-_SUBMISSION_NAMES = {CLASSIFICATION_FILE, SEGMENTATION_DIR, ".ipynb_checkpoints"}
+README = "README.md"  # the repository's submission/README.md: kept across rewrites, never zipped
+_SUBMISSION_NAMES = {CLASSIFICATION_FILE, SEGMENTATION_DIR, ".ipynb_checkpoints", README}
 
 
 class SubmissionError(ValueError):
@@ -348,6 +349,8 @@ def _replace(folder: Path, entries: Iterable, test_dir, num_classes: int | None,
         old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
         with _writing(folder):
             _write_zip(tmp, zip_name)
+            if (folder / README).is_file():
+                shutil.copy2(folder / README, tmp / README)
             if folder.exists():
                 os.rename(folder, old)
             try:

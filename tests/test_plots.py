@@ -19,13 +19,18 @@ def test_browse_draws_a_page_per_slider_position(tmp_path):
     index = load_index(make_dataset(tmp_path / "ds"))
     mask = np.zeros((10, 20), dtype=np.int64)
     predictions = {index.labeled[1].key: (0, mask)}
-    slider, picture = plots.browse(index.labeled, index.class_names, predictions).children
+    controls, picture = plots.browse(index.labeled, index.class_names, predictions).children
+    previous, slider, following = controls.children
     assert slider.max == len(index.labeled) - 1
     first = bytes(picture.value)
     assert first.startswith(PNG_MAGIC)
     slider.value = 1  # the page with a prediction: three panels, a wider picture
     second = bytes(picture.value)
     assert second.startswith(PNG_MAGIC) and second != first
+    following.click()  # "next" moves on one image, "previous" back; both wrap around
+    assert slider.value == 2 and bytes(picture.value) not in (first, second)
+    previous.click(), previous.click(), previous.click()
+    assert slider.value == slider.max
     assert len(matplotlib.pyplot.get_fignums()) == 0, "browse must close the figures it draws"
 
 

@@ -92,6 +92,15 @@ def test_rewrite_replaces_previous_submission(tmp_path, test_dir, good_sub):
     assert leftovers(good_sub) == []
 
 
+def test_rewrite_keeps_the_folders_readme_out_of_the_zip(test_dir, good_sub):
+    (good_sub / "README.md").write_text("# submission/\n")  # as in the repository's submission/ folder
+    write_submission(good_sub, good_entries(), test_dir=test_dir, num_classes=NUM_CLASSES)
+    assert (good_sub / "README.md").read_text() == "# submission/\n"
+    with zipfile.ZipFile(good_sub / "submission.zip") as zf:
+        assert "README.md" not in zf.namelist()
+    assert validate_submission(good_sub, test_dir, NUM_CLASSES) == []
+
+
 def test_missing_png(test_dir, good_sub):
     (good_sub / "segmentation" / "00001.png").unlink()
     assert "segmentation/00001.png: missing" in problems_of(good_sub, test_dir)
