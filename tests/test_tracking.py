@@ -84,3 +84,6 @@ def test_compare_lists_every_run_of_the_folders(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == table
     ax = tracking.plot_runs([tmp_path / "runs"], "val_acc")
     assert len(ax.lines) == 2
+    import matplotlib.pyplot as plt
+
+    plt.close(ax.figure)
