@@ -350,8 +350,10 @@ def fit_task(
                 if improved:
                     best = {"value": value, "tie": tie, "epoch": epoch + 1, "state": cpu_state(eval_model)}
                     best_dirty = True
-                bar.set_postfix(ep=f"{epoch + 1}/{epochs}", **task.postfix(stats, seen),
-                                val=f"{value:.3f}", refresh=True)
+                shown = {"val": f"{value:.3f}"} if task.metric.startswith("val") else {}
+                if not shown and math.isfinite(record.get("knn_acc", math.nan)):
+                    shown = {"knn": f"{record['knn_acc']:.3f}"}  # pretraining: no validation metric
+                bar.set_postfix(ep=f"{epoch + 1}/{epochs}", **task.postfix(stats, seen), **shown, refresh=True)
                 if not files.due(last_epoch=epoch + 1 == epochs):
                     continue
                 head = _head(run_name, spec, settings, epoch + 1, epochs, history, best, best_key, tie_key)
