@@ -33,10 +33,10 @@ from tqdm.auto import tqdm
 
 from .cache import CachedImages
 from .checkpoints import STATE_SUFFIX, SaveStats, TrainingFiles
-from .tracking import Tracker
 from .config import Config
 from .ema import EMA, cpu_state
 from .hardware import autocast, needs_grad_scaler, resolve
+from .tracking import Tracker
 
 CHECKPOINT_FORMAT = "helpers.training/1"
 
