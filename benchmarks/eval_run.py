@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import helpers
 from helpers import classification, mask_prediction, pipeline, segmentation
+from helpers.checkpoints import STATE_SUFFIX
 from helpers.data import Sample
 
 
@@ -23,6 +24,11 @@ def test_samples(cfg: helpers.Config, samples: list[Sample]) -> list[SimpleNames
     """The test samples with their hidden truth mask files (demo only)."""
     folder = Path(cfg.truth_root) / "test" / "segmentation"
     return [SimpleNamespace(key=s.key, mask=folder / f"{s.key}.png") for s in samples]
+
+
+def _weights(cfg: helpers.Config, prefix: str) -> list[Path]:
+    """The weights files of a run folder whose names start with prefix (resume files left out)."""
+    return [p for p in sorted(Path(cfg.run_dir).glob(f"{prefix}*.pt")) if not p.name.endswith(STATE_SUFFIX)]
 
 
 def evaluate_run(cfg: helpers.Config) -> dict:
@@ -33,7 +39,7 @@ def evaluate_run(cfg: helpers.Config) -> dict:
         raise SystemExit(f"{cfg.data_root}: no hidden test truth (only the demo data has it)")
     k = data.index.num_classes
     out: dict = {"classifiers": {}, "segmenters": {}, "chosen": pipeline.load_record(cfg)}
-    for path in sorted(Path(cfg.run_dir).glob("classifier_*.pt")):
+    for path in _weights(cfg, "classifier_"):
         model = pipeline.load_classifier(cfg, path.stem, k)
         val = classification.evaluate(model, data.val, cfg, tta=True)["accuracy"]
         test = float((classification.evaluate(model, data.test, cfg, tta=True)["predictions"] == truth).float().mean())
@@ -42,7 +48,7 @@ def evaluate_run(cfg: helpers.Config) -> dict:
     if (Path(cfg.run_dir) / f"{chosen}.pt").is_file():
         probs = classification.predict_proba(pipeline.load_classifier(cfg, chosen, k), data.test, cfg, tta=True)
         samples = test_samples(cfg, data.index.test)
-        for path in sorted(Path(cfg.run_dir).glob("unet_*.pt")):
+        for path in _weights(cfg, "unet_"):
             model = segmentation.load_segmenter(cfg, path.stem, k)
             scores = mask_prediction.evaluate_segmentation(model, data.test, samples, cfg, probs)
             out["segmenters"][path.stem] = {m: s["miou"] for m, s in scores.items()}
