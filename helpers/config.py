@@ -97,7 +97,7 @@ class Config:
     def summary(self) -> str:
         """A short human-readable listing of the settings that matter, and where the checkpoints go."""
         keys = ["preset", "data_source", "data_root", "device", "image_size", "arch", "small_stem",
-                "epochs", "pseudo_epochs", "seg_epochs", "batch_size", "lr", "seed", "cache_dir",
+                "init", "epochs", "pseudo_epochs", "seg_epochs", "batch_size", "lr", "seed", "cache_dir",
                 "submission_dir", "run_dir"]
         lines = [f"{k:>14}: {getattr(self, k)}" for k in keys]
         every = (f"at most every {self.checkpoint_seconds:g} s" if self.checkpoint_seconds > 0
