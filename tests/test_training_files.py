@@ -108,7 +108,9 @@ def test_best_weights_are_written_only_when_they_improve(tmp_path, monkeypatch):
     assert "train" not in weights and "model" not in state  # each file carries only its own part
     assert state["epoch"] == 6 and weights["epoch"] == 5
     assert stats.bytes_local > 0 and stats.bytes_mirrored == 0
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["s.pt", f"s{STATE_SUFFIX}"]
+    # the two checkpoint files, the per-epoch history (helpers.tracking) and, when installed, TensorBoard's folder
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()
+                  if p.name != "tensorboard") == ["s.history.csv", "s.pt", f"s{STATE_SUFFIX}"]
 
 
 def test_saves_are_throttled_by_time_and_the_last_epoch_is_always_saved(tmp_path, monkeypatch, fake_clock):
