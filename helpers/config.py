@@ -58,7 +58,7 @@ class Config:
     distribution_alignment: bool = False  # ReMixMatch's alignment of the weak-view probabilities
     ema_teacher: bool = False  # targets from the weight EMA's predictions (needs ema_decay > 0)
     # self-supervised pretraining (notebook 02, helpers.selfsup: SimCLR)
-    init: str = "scratch"  # where later models start: "scratch" (random weights) or "ssl" (notebook 02's encoder)
+    init: str = "ssl"  # where 03 and 04 start: "ssl" (notebook 02's encoder; measured, README) or "scratch"
     ssl_epochs: int = 100
     ssl_image_size: int = 0  # side of the pretraining views; 0: image_size
     ssl_batch_size: int = 128  # images per step (2 views each); SimCLR wants large batches
@@ -85,7 +85,7 @@ class Config:
     tensorboard: str = "auto"  # TensorBoard event files under run_dir/tensorboard: "auto" (if installed), "on", "off"
     wandb_project: str = ""  # a Weights & Biases project to log to; "" (default): wandb is never imported
     cache_dir: Path | None = None
-    run_dir: Path | None = None  # checkpoints and records (default runs/<dataset_tag>/<preset>, "-ssl" added with init "ssl")
+    run_dir: Path | None = None  # checkpoints and records (default runs/<dataset_tag>/<preset>, "-scratch" added with init "scratch")
     # A persistent folder (Drive, /kaggle/working) the checkpoints and records are copied to, and
     # restored from in a new session. $IMSUB_MIRROR_DIR / get_config(mirror_dir=...) name its base:
     # get_config appends <dataset_tag>/<preset>. None: everything stays on this machine's disk.
@@ -235,14 +235,18 @@ def get_config(preset: str | None = None, *, prepare_data: bool = True, **overri
     return cfg
 
 
+DEFAULT_INIT = "ssl"
+
+
 def run_folder_name(preset: str, init: str) -> str:
     """The run folder's name: the preset, plus the start when it is not random weights ("cpu", "cpu-ssl").
 
     Runs that start from another encoder choose other teachers and classifiers, so they get their own
-    folder: switching IMSUB_INIT never meets the checkpoints of the other start.
+    folder: switching IMSUB_INIT never meets the checkpoints of the other start. The default start
+    ("ssl") keeps the plain preset name.
     """
     init = str(init).strip().lower()
-    return preset if init in ("", "scratch") else f"{preset}-{init}"
+    return preset if init in ("", DEFAULT_INIT) else f"{preset}-{init}"
 
 
 def _restore(run_dir: Path, mirror_dir: Path) -> None:

@@ -69,16 +69,16 @@ def test_runs_are_kept_per_dataset(monkeypatch, tmp_path):
     real = make_dataset(tmp_path / "a" / "ImageNet-Subset")
     demo = make_dataset(tmp_path / "demo" / "ImageNet-Subset", wnids=("n01443537", "n01491361"))
     (tmp_path / "demo" / "demo_info.json").write_text("{}")
-    cfg_real, cfg_demo = get_config("gpu", data_root=real, init="scratch"), get_config("gpu", data_root=demo, init="scratch")
+    cfg_real, cfg_demo = get_config("gpu", data_root=real), get_config("gpu", data_root=demo)
     assert cfg_real.run_dir == tmp_path / "repo" / "runs" / cfg_real.dataset_tag / "gpu"
-    # a start from the pretrained encoder is another run: its own folder
-    assert get_config("gpu", data_root=real, init="ssl").run_dir == cfg_real.run_dir.with_name("gpu-ssl")
+    # the default start is the pretrained encoder; a start from random weights is another run: its own folder
+    assert cfg_real.init == "ssl" and get_config("gpu", data_root=real, init="scratch").run_dir == cfg_real.run_dir.with_name("gpu-scratch")
     assert cfg_real.dataset_tag.startswith("ImageNet-Subset-") and cfg_demo.dataset_tag.startswith("demo-")
     assert cfg_real.run_dir != cfg_demo.run_dir
     # the same data elsewhere (Drive, /content, /kaggle/input) is the same run: its checkpoints are found
     copy = shutil.copytree(real, tmp_path / "b" / "ImageNet-Subset")
-    assert get_config("gpu", data_root=copy, init="scratch").run_dir == cfg_real.run_dir
-    assert get_config("cpu", data_root=real, init="scratch").run_dir == cfg_real.run_dir.with_name("cpu")
+    assert get_config("gpu", data_root=copy).run_dir == cfg_real.run_dir
+    assert get_config("cpu", data_root=real).run_dir == cfg_real.run_dir.with_name("cpu")
     # an explicit run_dir (the runner's --out) and an explicit tag are kept
     assert get_config("gpu", data_root=real, run_dir=tmp_path / "out").run_dir == tmp_path / "out"
     assert get_config("gpu", data_root=real, dataset_tag="mine").run_dir.parent.name == "mine"
