@@ -239,7 +239,7 @@ DEFAULT_INIT = "ssl"
 
 
 def run_folder_name(preset: str, init: str) -> str:
-    """The run folder's name: the preset, plus the start when it is not random weights ("cpu", "cpu-ssl").
+    """The run folder's name: the preset, plus the start when it is not the default ("cpu", "cpu-scratch").
 
     Runs that start from another encoder choose other teachers and classifiers, so they get their own
     folder: switching IMSUB_INIT never meets the checkpoints of the other start. The default start
