@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from helpers.config import DEFAULT_INIT, run_folder_name  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
@@ -39,10 +41,12 @@ def run_one(name: str, env: dict[str, str], seed: int, args) -> Path:
     """Run (or resume) one variant at one seed; return its output folder."""
     out = Path(args.out) / name / f"s{seed}"
     reused = args.reuse and name != args.reuse
+    run_folder = out / "runs" / run_folder_name(args.preset, env.get("IMSUB_INIT", DEFAULT_INIT))
     if reused and not (out / "runs").exists():
-        source = Path(args.out) / args.reuse / f"s{seed}" / "runs"
-        shutil.copytree(source, out / "runs")
-        for ckpt in (out / "runs").rglob("*.pt"):
+        # the reused variant's run folder, renamed to this variant's (another start has another name)
+        source = next((Path(args.out) / args.reuse / f"s{seed}" / "runs").glob(f"{args.preset}*/summary.json")).parent
+        shutil.copytree(source, run_folder)
+        for ckpt in run_folder.rglob("*.pt"):
             if any(ckpt.stem.startswith(p) for p in args.fresh.split(",") if p):
                 ckpt.unlink()
     command = [sys.executable, "-m", "helpers", "run", "--preset", args.preset, "--out", str(out)]
@@ -58,7 +62,7 @@ def run_one(name: str, env: dict[str, str], seed: int, args) -> Path:
     if done.returncode:
         raise SystemExit(f"{name} seed {seed} failed; see {log}")
     score = [sys.executable, str(ROOT / "benchmarks" / "eval_run.py"), "--preset", args.preset,
-             "--run-dir", str(out / "runs" / args.preset), "--json", str(out / "eval.json")]
+             "--run-dir", str(run_folder), "--json", str(out / "eval.json")]
     if args.data_root:
         score += ["--data-root", args.data_root]
     subprocess.run(score, env=environment, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -71,7 +75,8 @@ def collect(out_root: Path, names: list[str], seeds: list[int], preset: str) -> 
     for name in names:
         for seed in seeds:
             folder = out_root / name / f"s{seed}"
-            summary, scores = folder / "runs" / preset / "summary.json", folder / "eval.json"
+            found_summaries = sorted((folder / "runs").glob(f"{preset}*/summary.json"))
+            summary, scores = (found_summaries or [folder / "runs" / preset / "summary.json"])[0], folder / "eval.json"
             if summary.is_file() and scores.is_file():
                 found.setdefault(name, {})[seed] = {"summary": json.loads(summary.read_text()),
                                                     "eval": json.loads(scores.read_text())}

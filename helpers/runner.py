@@ -31,7 +31,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import ENV_PREFIX, project_root
+from .config import DEFAULT_INIT, ENV_PREFIX, project_root, run_folder_name
 from .fileops import folder_lock
 
 
@@ -70,13 +70,18 @@ def _environment(values: dict[str, str]):
 
 
 def run_settings(preset: str, data_root: str | None = None, out: str | None = None) -> dict[str, str]:
-    """The IMSUB_* variables of a run: preset, data root and, with `out`, every output folder under it."""
+    """The IMSUB_* variables of a run: preset, data root and, with `out`, every output folder under it.
+
+    The run folder is out/runs/<preset> (<preset>-scratch with IMSUB_INIT=scratch), as the default
+    layout names it, so that a restart with another start never resumes the other start's models.
+    """
     values = {ENV_PREFIX + "PRESET": preset}
     if data_root:
         values[ENV_PREFIX + "DATA_ROOT"] = str(Path(data_root).expanduser().resolve())
     if out:
         out_dir = Path(out).expanduser().resolve()
-        values.update({ENV_PREFIX + "RUN_DIR": str(out_dir / "runs" / preset),
+        init = os.environ.get(ENV_PREFIX + "INIT", DEFAULT_INIT)  # as get_config reads it
+        values.update({ENV_PREFIX + "RUN_DIR": str(out_dir / "runs" / run_folder_name(preset, init)),
                        ENV_PREFIX + "CACHE_DIR": str(out_dir / "cache"),
                        ENV_PREFIX + "SUBMISSION_DIR": str(out_dir / "submission")})
     return values

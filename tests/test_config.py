@@ -134,3 +134,5 @@ def test_summary_command_and_the_runner_find_the_run(monkeypatch, tmp_path, caps
     for key, value in run_settings("gpu", str(data), str(tmp_path / "out")).items():
         monkeypatch.setenv(key, value)
     assert get_config().run_dir == tmp_path / "out" / "runs" / "gpu"
+    monkeypatch.setenv("IMSUB_INIT", "scratch")  # another start, another run folder, with --out too
+    assert run_settings("gpu", str(data), str(tmp_path / "out"))["IMSUB_RUN_DIR"] == str(tmp_path / "out" / "runs" / "gpu-scratch")
