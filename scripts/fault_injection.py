@@ -322,11 +322,11 @@ def run_until_done(job: Job, plan: list[tuple[str, str, float | None]], during_f
             "unused": unused}
 
 
-TARGETS = [  # (armed point, kill mode)
-    ("cache-build@labeled", "runner"), ("cache-write@labeled", "tree"),
-    ("checkpoint-write@classifier_baseline#2", "runner"), ("cache-build@unlabeled", "tree"),
-    ("checkpoint-write@classifier_pseudo", "runner"), ("checkpoint-write@unet_from_classifier#2", "tree"),
-    ("cache-build@test", "runner"), ("submission-write", "tree"),
+TARGETS = [  # (armed point, kill mode), in the order the job reaches them (01 builds the test cache too)
+    ("cache-build@labeled", "runner"), ("cache-write@labeled", "tree"), ("cache-build@test", "runner"),
+    ("checkpoint-write@classifier_baseline#2", "tree"), ("cache-build@unlabeled", "runner"),
+    ("checkpoint-write@classifier_pseudo", "tree"), ("checkpoint-write@unet_from_classifier#2", "runner"),
+    ("submission-write", "tree"),
 ]
 TABLE_HEAD = ("| # | run, kill | killed at (s) | aimed at | kill | landed in | work lost (s) | kernels gone after (s) | "
               "the next start resumed |\n|---|---|---|---|---|---|---|---|---|")
