@@ -73,6 +73,7 @@ class Config:
     mask_method: str = "fg+class"  # the shipped masks (helpers.mask_prediction.METHODS); picks the U-Net's best epoch
     # run
     select_best_epoch: bool = True  # keep the epoch with the best validation score; False: the last (EMA) weights
+    final_fit: bool = False  # 05 trains the chosen classifier and U-Net again on all labeled images (helpers.final_fit)
     seed: int = 0
     # 0: the resume state after every epoch; > 0: at most that often, and always before the unsaved
     # training would exceed it (so a kill loses at most this much), and after the last epoch

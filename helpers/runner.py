@@ -206,11 +206,13 @@ def format_summary(summary: dict) -> str:
               ("pseudo_coverage", "pseudo-label coverage"),
               ("classifier", "chosen classifier"),
               ("segmenter", "chosen segmenter"), ("mask_method", "mask method"),
+              ("final_classifier", "submitted: final fit on all labeled images"),
+              ("final_segmenter", "submitted: final fit on all labeled masks"),
               ("val_miou", "validation mIoU"),
               ("test_accuracy", "TEST accuracy (demo truth)"), ("test_miou", "TEST mIoU (demo truth)"),
               ("submission", "submission"), ("write_seconds", "predict + write test submission (s)")]
     for key, label in labels:
-        if key in summary:
+        if summary.get(key) is not None:
             value = summary[key]
             lines.append(f"{label:<44} {value:.3f}" if isinstance(value, float) else f"{label:<44} {value}")
     for name, why in summary.get("skipped", {}).items():

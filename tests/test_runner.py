@@ -82,7 +82,11 @@ def test_a_second_run_on_the_same_run_folder_stops_and_changes_nothing(tmp_path)
 
 
 def test_a_dataset_without_unlabeled_images_runs_end_to_end(tmp_path):
-    """No train-unlabeled/: the runner skips 03 (its metadata needs unlabeled images), 04 and 05 go on."""
+    """No train-unlabeled/: the runner skips 03 (its metadata needs unlabeled images), 04 and 05 go on.
+
+    With IMSUB_FINAL_FIT=1, so that notebook 05's final fit runs too: it retrains 02's classifier
+    and the chosen U-Net on all labeled images and submits them.
+    """
     import json
     import shutil
 
@@ -94,7 +98,8 @@ def test_a_dataset_without_unlabeled_images_runs_end_to_end(tmp_path):
     shutil.copytree(source, data, ignore=shutil.ignore_patterns("train-unlabeled"))
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "helpers", "run", "--preset", "smoke", "--data-root", str(data),
-                           "--out", str(out)], env={**ENV, "IMSUB_INIT": "ssl"}, capture_output=True, text=True,
+                           "--out", str(out)], env={**ENV, "IMSUB_INIT": "ssl", "IMSUB_FINAL_FIT": "1"},
+                          capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "skipped: the dataset has no unlabeled images" in done.stdout
@@ -105,3 +110,7 @@ def test_a_dataset_without_unlabeled_images_runs_end_to_end(tmp_path):
     assert (out / "submission" / "classification.json").is_file()
     executed = json.loads((out / "notebooks" / "05_submission.ipynb").read_text())
     assert "classifier_ssl" in json.dumps(executed["cells"])
+    assert summary["final_classifier"] == "final_classifier_ssl"
+    assert summary["final_segmenter"] == "final_" + summary["segmenter"]
+    assert "submitted: final fit on all labeled images" in done.stdout
+    assert "submitting the final fits on all" in json.dumps(executed["cells"])

@@ -1,0 +1,95 @@
+"""The last fit: the chosen recipe trained once more on every labeled image, validation images included.
+
+The validation images choose (the pseudo-label round or not, which U-Net); once the choices are
+made, they can teach as well: 2 more images per class on top of the 8 the models trained on, a
+quarter more labels. With no images left to pick an epoch with, these fits keep their last
+weights (the EMA ones when cfg.ema_decay > 0). Each run is named "final_" + the chosen run's name and
+checkpointed like any other, so a rerun after a disconnect resumes it. SimCLR's encoder
+(notebook 02) is reused as it is: it never saw the labels, only the validation images were left
+out of its 5,000-odd images.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import cache, classification, pseudo, segmentation, selfsup
+from .config import Config
+from .pipeline import (
+    BASELINE_RUN,
+    SSL_CLASSIFIER_RUN,
+    RunData,
+    checkpoint_path,
+    load_classifier,
+    new_classifier,
+    start_classifier,
+    stored_pseudo_labels,
+)
+
+PREFIX = "final_"
+PSEUDO_PREFIX = "classifier_pseudo_r"
+UNET_STARTS = ("unet_scratch", "unet_from_ssl", "unet_from_classifier", "unet_semi")
+
+
+def all_labeled(data: RunData):
+    """Every labeled image of the run (training and validation split), masks included."""
+    return cache.concat(data.train, data.val)
+
+
+def fit_classifier(cfg: Config, data: RunData, chosen: str) -> str:
+    """Train the recipe of the chosen classifier run on all labeled images; the new run's name.
+
+    classifier_baseline: random weights; classifier_ssl: from 02's encoder; classifier_pseudo_rN:
+    N self-training rounds whose first teacher is the final labeled-only classifier, every student
+    from selfsup.start_encoder(cfg) as in notebook 03, with the same thresholds and cap.
+    """
+    k = data.index.num_classes
+    labeled = all_labeled(data)
+    if chosen in (BASELINE_RUN, SSL_CLASSIFIER_RUN):
+        start = selfsup.ssl_checkpoint(cfg) if chosen == SSL_CLASSIFIER_RUN else None
+        run = PREFIX + chosen
+        classification.fit(new_classifier(cfg, data.index, encoder_from=start), labeled, None, cfg, run_name=run)
+        return run
+    if not chosen.startswith(PSEUDO_PREFIX) or not chosen[len(PSEUDO_PREFIX):].isdigit():
+        raise ValueError(f"no final-fit recipe for the classifier run {chosen!r}; expected {BASELINE_RUN}, "
+                         f"{SSL_CLASSIFIER_RUN} or {PSEUDO_PREFIX}<round>")
+    if data.unlabeled is None or not len(data.unlabeled):
+        raise ValueError(f"{chosen} learned from unlabeled images, but this run's data has none loaded")
+    teacher_run = fit_classifier(cfg, data, start_classifier(cfg))  # the labeled-only recipe of cfg.init
+    teacher = load_classifier(cfg, teacher_run, k)
+    start = selfsup.start_encoder(cfg, k)
+    for r in range(1, int(chosen[len(PSEUDO_PREFIX):]) + 1):
+        probs = classification.predict_proba(teacher, data.unlabeled, cfg, tta=True)
+        cap = pseudo.per_class_cap(probs, cfg.pseudo_threshold, cfg.pseudo_max_per_class, cfg.pseudo_balance)
+        indices, labels = stored_pseudo_labels(
+            cfg, f"{PREFIX}pseudo_labels_r{r}", teacher_run, data.unlabeled.keys,
+            lambda p=probs, c=cap: pseudo.select_pseudo_labels(p, cfg.pseudo_threshold, c),
+            {"threshold": cfg.pseudo_threshold, "cap": cap})
+        train_set = cache.concat(labeled, pseudo.pseudo_labeled(data.unlabeled, indices, labels))
+        run = f"{PREFIX}{PSEUDO_PREFIX}{r}"
+        result = classification.fit(new_classifier(cfg, data.index, encoder_from=start), train_set, None, cfg,
+                                    run_name=run, epochs=cfg.pseudo_epochs,
+                                    unlabeled=data.unlabeled if cfg.consistency_weight > 0 else None,
+                                    unlabeled_weight=cfg.consistency_weight)
+        print(f"final round {r}: {len(indices)} pseudo-labels from {teacher_run}")
+        teacher, teacher_run = result.model, run
+    return teacher_run
+
+
+def fit_segmenter(cfg: Config, data: RunData, chosen: str, classifier_run: str) -> str:
+    """Train the chosen U-Net's recipe on all labeled masks, its encoder from `classifier_run` where it took one."""
+    if chosen not in UNET_STARTS:
+        raise ValueError(f"no final-fit recipe for the U-Net run {chosen!r}; expected one of {', '.join(UNET_STARTS)}")
+    encoder_from: Path | None = {"unet_scratch": None, "unet_from_ssl": selfsup.ssl_checkpoint(cfg)}.get(
+        chosen, checkpoint_path(cfg, classifier_run))
+    model = segmentation.new_segmenter(cfg, data.index, encoder_from=encoder_from)
+    run = PREFIX + chosen
+    segmentation.fit_segmenter(model, all_labeled(data), None, cfg, run_name=run,
+                               unlabeled=data.unlabeled if chosen == "unet_semi" else None)
+    return run
+
+
+def fit_chosen(cfg: Config, data: RunData, classifier: str, segmenter: str) -> tuple[str, str]:
+    """The final classifier and U-Net for the chosen runs (names of the new runs), trained on all labeled images."""
+    final_classifier = fit_classifier(cfg, data, classifier)
+    return final_classifier, fit_segmenter(cfg, data, segmenter, final_classifier)
+
