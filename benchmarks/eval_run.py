@@ -39,16 +39,19 @@ def evaluate_run(cfg: helpers.Config) -> dict:
         raise SystemExit(f"{cfg.data_root}: no hidden test truth (only the demo data has it)")
     k = data.index.num_classes
     out: dict = {"classifiers": {}, "segmenters": {}, "chosen": pipeline.load_record(cfg)}
-    for path in _weights(cfg, "classifier_"):
+    for path in _weights(cfg, "classifier_") + _weights(cfg, "final_classifier_"):
         model = pipeline.load_classifier(cfg, path.stem, k)
         val = classification.evaluate(model, data.val, cfg, tta=True)["accuracy"]
         test = float((classification.evaluate(model, data.test, cfg, tta=True)["predictions"] == truth).float().mean())
-        out["classifiers"][path.stem] = {"val_acc": val, "test_acc": test}
-    chosen = pipeline.chosen_classifier(cfg)
-    if (Path(cfg.run_dir) / f"{chosen}.pt").is_file():
-        probs = classification.predict_proba(pipeline.load_classifier(cfg, chosen, k), data.test, cfg, tta=True)
-        samples = test_samples(cfg, data.index.test)
-        for path in _weights(cfg, "unet_"):
+        out["classifiers"][path.stem] = {"val_acc": val, "test_acc": test}  # a final fit's val_acc: seen images
+    samples = test_samples(cfg, data.index.test)
+    # U-Nets take the image class from the run's chosen classifier; the final fits from the final classifier
+    for prefix, classifier_run in (("unet_", pipeline.chosen_classifier(cfg)),
+                                   ("final_unet_", out["chosen"].get("final_classifier"))):
+        if not classifier_run or not (Path(cfg.run_dir) / f"{classifier_run}.pt").is_file():
+            continue
+        probs = classification.predict_proba(pipeline.load_classifier(cfg, classifier_run, k), data.test, cfg, tta=True)
+        for path in _weights(cfg, prefix):
             model = segmentation.load_segmenter(cfg, path.stem, k)
             scores = mask_prediction.evaluate_segmentation(model, data.test, samples, cfg, probs)
             out["segmenters"][path.stem] = {m: s["miou"] for m, s in scores.items()}

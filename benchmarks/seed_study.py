@@ -96,7 +96,8 @@ def report(found: dict, seeds: list[int]) -> str:
         acc = [r["summary"].get("test_accuracy", float("nan")) for r in rows]
         miou = [r["summary"].get("test_miou", float("nan")) for r in rows]
         minutes = [sum(r["summary"].get("stage_seconds", {}).values()) / 60 for r in rows]
-        chosen = ", ".join(sorted({f"{r['summary'].get('classifier')}+{r['summary'].get('segmenter')}" for r in rows}))
+        chosen = ", ".join(sorted({f"{r['summary'].get('classifier')}+{r['summary'].get('segmenter')}"
+                                   + (" (final fit)" if r["summary"].get("final_classifier") else "") for r in rows}))
         lines.append(f"| {name} | {_fmt(acc)} | **{sum(acc) / len(acc):.3f}** | {_fmt(miou)} | "
                      f"**{sum(miou) / len(miou):.3f}** | {chosen} | {_fmt(minutes)} |")
     lines += ["", "Every checkpoint, test scores (mean over seeds):", ""]
