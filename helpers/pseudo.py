@@ -87,6 +87,20 @@ def precision_coverage(indices: Tensor, labels: Tensor, true_labels: Tensor) -> 
     }
 
 
+def per_class_quality(indices: Tensor, labels: Tensor, true_labels: Tensor, num_classes: int) -> dict[str, Tensor]:
+    """Per class (by pseudo-label): kept, precision, and coverage (kept and right / images truly of the class)."""
+    indices = torch.as_tensor(indices).long().flatten().cpu()
+    labels = torch.as_tensor(labels).long().flatten().cpu()
+    true_labels = torch.as_tensor(true_labels).long().flatten().cpu()
+    right = labels == true_labels[indices]
+    kept = torch.bincount(labels, minlength=num_classes).float()
+    correct = torch.bincount(labels[right], minlength=num_classes).float()
+    present = torch.bincount(true_labels[true_labels >= 0], minlength=num_classes).float()
+    nan = torch.tensor(float("nan"))
+    return {"kept": kept.long(), "precision": torch.where(kept > 0, correct / kept.clamp(min=1), nan),
+            "coverage": torch.where(present > 0, correct / present.clamp(min=1), nan)}
+
+
 def threshold_sweep(probs: Tensor, true_labels: Tensor, thresholds: Sequence[float]) -> list[dict]:
     """precision / coverage / kept of the confidence-thresholded argmax for each threshold (for plots)."""
     _check_probs(probs)

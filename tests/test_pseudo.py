@@ -9,6 +9,7 @@ import torch
 from helpers.cache import CachedImages
 from helpers.pseudo import (
     default_max_per_class,
+    per_class_quality,
     precision_coverage,
     pseudo_label_stats,
     pseudo_labeled,
@@ -146,3 +147,13 @@ def test_stored_pseudo_labels_are_reused_while_the_teacher_is_the_same(tmp_path)
     assert len(calls) == 3 and not list(tmp_path.glob("*.tmp"))
     pipeline.stored_pseudo_labels(cfg, "pseudo_r1", "teacher", keys[:3], select, {"threshold": 0.9})  # other settings
     assert len(calls) == 4
+
+
+def test_per_class_quality_counts_by_pseudo_label_against_the_truth():
+    indices = torch.tensor([0, 1, 3, 4])
+    labels = torch.tensor([0, 0, 1, 1])  # image 1 is truly class 1: a wrong class-0 pseudo-label
+    truth = torch.tensor([0, 1, 0, 1, 1, 2])  # class 0: images 0 and 2; class 1: images 1, 3, 4; class 2: image 5
+    q = per_class_quality(indices, labels, truth, 3)
+    assert q["kept"].tolist() == [2, 2, 0]
+    assert q["precision"][:2].tolist() == [0.5, 1.0] and math.isnan(q["precision"][2])
+    assert q["coverage"].tolist() == pytest.approx([0.5, 2 / 3, 0.0])
