@@ -6,7 +6,8 @@
 The policy: a code cell keeps its outputs and execution count only when its source starts with
 `# NBVAL_CHECK_OUTPUT` (nbval compares those outputs); every other cell is stripped. The
 notebook-level `widgets` metadata is removed: JupyterLab saves widget state there, and GitHub
-refuses to render a notebook whose `metadata.widgets` lacks `state`. The pre-commit hook
+refuses to render a notebook whose `metadata.widgets` lacks `state`. Every cell carries an `id`
+(nbformat 4.5 requires one; a cell added by hand without it draws a warning on every run). The pre-commit hook
 (.pre-commit-config.yaml) runs the cleaning mode; tests/test_notebook_hygiene.py the check.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
 from pathlib import Path
 
 CHECKED = "# NBVAL_CHECK_OUTPUT"
@@ -24,6 +26,7 @@ def clean(nb: dict) -> dict:
     nb = json.loads(json.dumps(nb))
     nb.get("metadata", {}).pop("widgets", None)
     for cell in nb.get("cells", []):
+        cell.setdefault("id", uuid.uuid4().hex[:8])
         if cell.get("cell_type") != "code":
             continue
         if not "".join(cell.get("source", [])).lstrip().startswith(CHECKED):
@@ -38,6 +41,8 @@ def problems(nb: dict) -> list[str]:
     if "widgets" in nb.get("metadata", {}):
         found.append("widget state in metadata.widgets")
     for i, cell in enumerate(nb.get("cells", [])):
+        if "id" not in cell:
+            found.append(f"cell {i}: no id")
         if cell.get("cell_type") == "code" and not "".join(cell.get("source", [])).lstrip().startswith(CHECKED):
             if cell.get("outputs") or cell.get("execution_count") is not None:
                 found.append(f"cell {i}: outputs or an execution count outside a {CHECKED} cell")

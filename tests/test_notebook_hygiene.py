@@ -25,20 +25,22 @@ def test_committed_notebooks_are_clean(path):
 
 
 def test_cleaning_keeps_only_the_checked_outputs():
-    checked = {"cell_type": "code", "execution_count": 3, "metadata": {}, "source": ["# NBVAL_CHECK_OUTPUT\n", "1"],
+    checked = {"cell_type": "code", "execution_count": 3, "id": "a1", "metadata": {}, "source": ["# NBVAL_CHECK_OUTPUT\n", "1"],
                "outputs": [{"output_type": "stream", "name": "stdout", "text": ["1\n"]}]}
     plain = {**checked, "source": ["print(2)"], "execution_count": 4,
              "metadata": {"execution": {"iopub.status.busy": "2026-01-01"}}}
+    del plain["id"]  # a cell added by hand
     nb = {"cells": [checked, plain], "metadata": {"widgets": {"application/vnd.jupyter.widget-state+json": {}}},
           "nbformat": 4, "nbformat_minor": 5}
     found = clean_notebooks.problems(nb)
-    assert found == ["widget state in metadata.widgets", "cell 1: outputs or an execution count outside a "
-                     "# NBVAL_CHECK_OUTPUT cell"]
+    assert found == ["widget state in metadata.widgets", "cell 1: no id", "cell 1: outputs or an execution count "
+                     "outside a # NBVAL_CHECK_OUTPUT cell"]
     cleaned = clean_notebooks.clean(nb)
     assert clean_notebooks.problems(cleaned) == []
     assert cleaned["cells"][0] == checked  # nbval's expected output stays
     assert cleaned["cells"][1]["outputs"] == [] and cleaned["cells"][1]["execution_count"] is None
     assert cleaned["cells"][1]["metadata"] == {} and "widgets" not in cleaned["metadata"]
+    assert cleaned["cells"][1]["id"]  # given one
 
 
 def test_colab_first_cell_keeps_the_preinstalled_torch(tmp_path):
