@@ -1,8 +1,8 @@
 """The last fit: the chosen recipe trained once more on every labeled image, validation images included.
 
 The validation images choose (the pseudo-label round or not, which U-Net); once the choices are
-made, they can teach as well: 2 more images per class on top of the 8 the models trained on, a
-quarter more labels. With no images left to pick an epoch with, these fits keep their last
+made, they can teach as well: with 10 labeled images per class and cfg.val_per_class = 2, that is
+2 more per class on top of the 8 the models trained on, a quarter more labels. With no images left to pick an epoch with, these fits keep their last
 weights (the EMA ones when cfg.ema_decay > 0). Each run is named "final_" + the chosen run's name and
 checkpointed like any other, so a rerun after a disconnect resumes it. SimCLR's encoder
 (notebook 02) is reused as it is: it never saw the labels, only the validation images were left
