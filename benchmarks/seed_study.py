@@ -4,7 +4,8 @@
         --variant main --variant adaptive:CONSISTENCY_THRESHOLD=adaptive \\
         --reuse main --only 03,04,05 --fresh classifier_pseudo,unet
 
-Each variant is NAME[:FIELD=VALUE,FIELD=VALUE] (IMSUB_ overrides, prefix optional). A variant runs
+Each variant is NAME[:FIELD=VALUE,FIELD=VALUE] (IMSUB_ overrides, prefix optional; `--common` ones
+apply to every variant, e.g. to measure against an earlier default). A variant runs
 `python -m helpers run --preset cpu` in OUT/NAME/s<seed>. With --reuse, variants other than the
 reused one start from a copy of its run folder (minus the checkpoints whose names start with a
 --fresh prefix) and run only the --only notebooks: equal epochs, and the untouched stages are the
@@ -35,6 +36,12 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
         key = key.strip().upper()
         env[key if key.startswith("IMSUB_") else "IMSUB_" + key] = value.strip()
     return name, env
+
+
+def variant_envs(variants: list[str], common: str = "") -> list[tuple[str, dict[str, str]]]:
+    """Each "--variant" as (name, IMSUB_ environment): the `common` overrides, then the variant's own."""
+    shared = parse_variant(":" + common)[1]
+    return [(name, {**shared, **env}) for name, env in map(parse_variant, variants)]
 
 
 def run_one(name: str, env: dict[str, str], seed: int, args) -> Path:
@@ -125,11 +132,12 @@ def main() -> None:
     parser.add_argument("--reuse", default=None, help="variant whose runs the others start from")
     parser.add_argument("--only", default=None, help="notebooks the reusing variants run, e.g. 03,04,05")
     parser.add_argument("--fresh", default="", help="checkpoint name prefixes the reusing variants retrain")
+    parser.add_argument("--common", default="", help="FIELD=VALUE,... overrides for every variant (its own win)")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--report", action="store_true", help="only print the table of the finished runs")
     args = parser.parse_args()
-    variants = [parse_variant(v) for v in args.variant]
+    variants = variant_envs(args.variant, args.common)
     if args.reuse:  # the reused variant runs first
         variants.sort(key=lambda v: v[0] != args.reuse)
     if not args.report:
