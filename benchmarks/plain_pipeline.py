@@ -33,7 +33,7 @@ from torchvision.transforms import v2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import helpers  # noqa: E402
-from helpers.data import load_index  # noqa: E402
+from helpers.data import load_index, split_labeled  # noqa: E402
 from helpers.images import load_image  # noqa: E402
 from helpers.masks import read_label_mask  # noqa: E402
 from helpers.metrics import score_submission  # noqa: E402
@@ -114,6 +114,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--hold-out", action="store_true",
+                        help="train on our training split only (cfg.val_per_class images per class left out, "
+                             "as ours does): separates the labels from the recipe")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     try:
@@ -130,6 +133,8 @@ def main(argv=None) -> int:
 
     t = time.perf_counter()
     labeled = index.labeled
+    if args.hold_out:
+        labeled = split_labeled(labeled, cfg.val_per_class, args.seed)[0]
     labels = [s.label for s in labeled]
     teacher = train_classifier(labeled, labels, k, size, cfg.epochs, args.seed)
     times["classifier"] = time.perf_counter() - t
@@ -160,11 +165,17 @@ def main(argv=None) -> int:
     write_submission(submission, entries, test_dir=index.root / "test", num_classes=k)
     times["predict_and_write"] = time.perf_counter() - t
 
-    result = {"seed": args.seed, "preset": args.preset, "pseudo_kept": len(kept), "seconds": times}
+    result = {"seed": args.seed, "preset": args.preset, "hold_out": args.hold_out, "labeled": len(labeled),
+              "pseudo_kept": len(kept), "seconds": times}
     truth = cfg.truth_root / "test" if cfg.truth_root else None
     if truth is not None and truth.is_dir():
         score = score_submission(submission, truth, k)
         result.update(test_accuracy=score["accuracy"], test_miou=score["miou"])
+        true_test = {Path(e["image"]).stem: int(e["class_id"])
+                     for e in json.loads((truth / "classification.json").read_text())}
+        teacher_guess = predict(teacher, index.test, size).argmax(1).tolist()
+        result["teacher_test_accuracy"] = float(np.mean(
+            [true_test[s.image.stem] == g for s, g in zip(index.test, teacher_guess)]))
         if cfg.truth_root and (cfg.truth_root / "unlabeled.json").is_file():
             true = {Path(e["image"]).stem: int(e["class_id"]) for e in json.loads((cfg.truth_root / "unlabeled.json").read_text())}
             right = sum(true.get(index.unlabeled[i].key) == int(guess[i]) for i in kept)
