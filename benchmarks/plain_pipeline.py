@@ -37,6 +37,7 @@ from helpers.data import load_index, split_labeled  # noqa: E402
 from helpers.images import load_image  # noqa: E402
 from helpers.masks import read_label_mask  # noqa: E402
 from helpers.metrics import score_submission  # noqa: E402
+from helpers.pipeline import truth_labels  # noqa: E402
 from helpers.submission import write_submission  # noqa: E402
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -171,14 +172,12 @@ def main(argv=None) -> int:
     if truth is not None and truth.is_dir():
         score = score_submission(submission, truth, k)
         result.update(test_accuracy=score["accuracy"], test_miou=score["miou"])
-        true_test = {Path(e["image"]).stem: int(e["class_id"])
-                     for e in json.loads((truth / "classification.json").read_text())}
-        teacher_guess = predict(teacher, index.test, size).argmax(1).tolist()
-        result["teacher_test_accuracy"] = float(np.mean(
-            [true_test[s.image.stem] == g for s, g in zip(index.test, teacher_guess)]))
-        if cfg.truth_root and (cfg.truth_root / "unlabeled.json").is_file():
-            true = {Path(e["image"]).stem: int(e["class_id"]) for e in json.loads((cfg.truth_root / "unlabeled.json").read_text())}
-            right = sum(true.get(index.unlabeled[i].key) == int(guess[i]) for i in kept)
+        true_test = truth_labels(cfg, [s.key for s in index.test], split="test")
+        teacher_guess = predict(teacher, index.test, size).argmax(1)
+        result["teacher_test_accuracy"] = (teacher_guess == true_test).float().mean().item()
+        true_unlabeled = truth_labels(cfg, [s.key for s in index.unlabeled])
+        if true_unlabeled is not None:
+            right = (true_unlabeled[kept] == guess[kept]).sum().item()
             result["pseudo_precision"] = right / max(len(kept), 1)
     (out / "plain.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
