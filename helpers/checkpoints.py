@@ -3,6 +3,7 @@
 `TrainingFiles` is the policy `helpers.engine.fit_task` follows: a small best-weights file written
 only when the best improves, a resume state written at most every `every_seconds` and after the
 last epoch, both on local disk and copied to a persistent mirror folder (Drive, /kaggle/working).
+`read_save_log` totals what checkpointing cost a run (the rows `TrainingFiles.log` appends).
 """
 from __future__ import annotations
 
@@ -98,6 +99,8 @@ def load_checkpoint(path: str | os.PathLike, num_classes: int | None = None, map
 
 # ----------------------------------------------------------------------------- training files
 STATE_SUFFIX = ".resume.pt"
+SAVE_LOG = "checkpoint_log.csv"  # one row per training call that saved: what checkpointing cost
+_LOG_FIELDS = ("run", "saves", "weights_writes", "mb_local", "mb_mirrored", "seconds")
 
 
 def _clock() -> float:
@@ -224,6 +227,27 @@ class TrainingFiles:
         for path in paths:  # in the order written: the mirror never holds weights older than its state
             self.stats.bytes_mirrored += mirror_file(path, self.mirror_dir)
 
+    def log(self) -> None:
+        """Append this call's saves, weights writes, MB written (locally, to the mirror) and seconds to run_dir/checkpoint_log.csv."""
+        st = self.stats
+        if not (st.saves or st.weights_writes):
+            return
+        path = self.weights.parent / SAVE_LOG
+        if not path.is_file() and self.mirror_dir is not None and (self.mirror_dir / SAVE_LOG).is_file():
+            with contextlib.suppress(OSError):  # a new session: continue the rows the mirror kept
+                copy_atomic(self.mirror_dir / SAVE_LOG, path)
+        row = [self.weights.stem, st.saves, st.weights_writes, round(st.bytes_local / 1e6, 1),
+               round(st.bytes_mirrored / 1e6, 1), round(st.seconds, 2)]
+        old = path.read_text() if path.is_file() else ",".join(_LOG_FIELDS) + "\n"
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(old + ",".join(map(str, row)) + "\n")
+            os.replace(tmp, path)
+        except OSError as exc:  # a record, not a checkpoint: never worth stopping a finished training for
+            warnings.warn(f"could not write {path} ({exc})", stacklevel=2)
+            return
+        mirror_file(path, self.mirror_dir)
+
     def _fetch(self, path: Path) -> Path | None:
         """The local file, copied from the mirror first when only the mirror has it; None if neither."""
         if not path.is_file() and self.mirror_dir is not None and (self.mirror_dir / path.name).is_file():
@@ -247,3 +271,20 @@ class TrainingFiles:
         """The weights payload (fetched from the mirror if needed), None when there is none."""
         path = self._fetch(self.weights)
         return load_checkpoint(path, num_classes=num_classes) if path is not None else None
+
+
+def save_log_rows(run_dir: str | os.PathLike) -> list[dict]:
+    """The rows of run_dir/checkpoint_log.csv as dicts (run, saves, weights_writes, mb_local, mb_mirrored, seconds)."""
+    path = Path(run_dir) / SAVE_LOG
+    rows = []
+    for line in (path.read_text().splitlines()[1:] if path.is_file() else []):
+        fields = line.split(",")
+        if len(fields) == len(_LOG_FIELDS):  # a row cut short by a kill is skipped: a record, not a checkpoint
+            rows.append({"run": fields[0], **{k: float(v) for k, v in zip(_LOG_FIELDS[1:], fields[1:])}})
+    return rows
+
+
+def read_save_log(run_dir: str | os.PathLike) -> dict:
+    """Totals of run_dir/checkpoint_log.csv: trainings, saves, weights writes, MB written locally and to the mirror, seconds."""
+    rows = save_log_rows(run_dir)
+    return {"trainings": len(rows), **{k: round(sum(r[k] for r in rows), 2) for k in _LOG_FIELDS[1:]}}

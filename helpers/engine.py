@@ -12,8 +12,9 @@ Conventions:
   every cfg.checkpoint_seconds (0: after every epoch) and always after the last epoch, and copied to
   cfg.mirror_dir when it is set: `{run_name}.pt` holds the BEST weights so far (EMA weights when EMA
   is on) under "model", what inference and encoder transfer load, and is rewritten only when the best
-  improved; `{run_name}.resume.pt` holds what resuming needs (current weights, optimizer, GradScaler,
-  EMA, step, RNG states) under "train". Both carry the history and the best epoch.
+  improved and no longer the latest epoch (the state holds that one); `{run_name}.resume.pt` holds
+  what resuming needs (current weights, optimizer, GradScaler, EMA, step, RNG states) under "train",
+  without the optimizer after the last epoch. Both carry the history and the best epoch.
 - The learning rate is the given lr (no batch-size scaling). Weight decay skips biases and norm weights.
 - Batches come from the task, which indexes its uint8 cache on the training device and augments
   there (helpers.augment): no DataLoader, no decoding after the cache is built.
@@ -164,8 +165,12 @@ def _head(run_name: str, spec: dict | None, settings: dict, epoch: int, epochs: 
 
 
 def _resumed_best(ckpt: dict, path: Path, files: TrainingFiles, best_key: str, tie_key: str,
-                  num_classes: int | None) -> tuple[dict, bool]:
-    """The best epoch a resumed run continues from, and whether its weights file must be (re)written."""
+                  num_classes: int | None, eval_state) -> tuple[dict, bool]:
+    """The best epoch a resumed run continues from, and whether its weights file must be (re)written.
+
+    eval_state(): the restored evaluation model's weights (EMA or raw), the best ones when the best
+    epoch is the state's own epoch.
+    """
     best = {"value": float(ckpt[best_key]), "tie": float(ckpt[tie_key]), "epoch": int(ckpt["best_epoch"]),
             "state": ckpt.get("model")}
     if best["state"] is not None:  # the older one-file format: rewrite it as two files at the next save
@@ -179,6 +184,8 @@ def _resumed_best(ckpt: dict, path: Path, files: TrainingFiles, best_key: str, t
         # resumed run trains again. Kept as the best so far (an identical run re-finds them).
         return {"value": float(weights[best_key]), "tie": float(weights[tie_key]), "epoch": saved_epoch,
                 "state": weights["model"]}, False
+    if best["epoch"] == int(ckpt["epoch"]):  # saved while the best was the latest epoch: the state holds it
+        return {**best, "state": eval_state()}, True
     warnings.warn(f"{files.weights} does not hold the best weights (epoch {best['epoch']}) that {path} "
                   "records; the best epoch is chosen again among the epochs still to train", stacklevel=3)
     return _no_best(), False
@@ -309,7 +316,8 @@ def fit_task(
         except RuntimeError as exc:
             raise ValueError(f"checkpoint {path} does not fit this model ({exc}); "
                              + _start_over(path)) from exc
-        optimizer.load_state_dict(tr["optimizer"])
+        if tr.get("optimizer") is not None:  # a finished run's state leaves it out (see the save below)
+            optimizer.load_state_dict(tr["optimizer"])
         if tr.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(tr["scaler"])
         if ema is not None and tr.get("ema") is not None:
@@ -318,10 +326,13 @@ def fit_task(
         _set_rng_state(tr["rng"], generator)
         step, start_epoch = int(tr["step"]), int(ckpt["epoch"])
         history = list(ckpt["history"])
-        best, best_dirty = _resumed_best(ckpt, path, files, best_key, tie_key, num_classes)
+        best, best_dirty = _resumed_best(ckpt, path, files, best_key, tie_key, num_classes,
+                                         lambda: cpu_state(ema.model if ema is not None else model))
         if int(ckpt.get("epochs", epochs)) != epochs and start_epoch < epochs:
+            restart = (" and the optimizer starts anew (a finished run's state keeps no optimizer moments)"
+                       if tr.get("optimizer") is None else "")
             warnings.warn(f"{path}: planned for {ckpt.get('epochs')} epochs, continuing to {epochs}; "
-                          "the learning-rate schedule changes from here on", stacklevel=3)
+                          f"the learning-rate schedule changes from here on{restart}", stacklevel=3)
         if progress:
             print(f"resuming {path} after epoch {start_epoch}/{epochs}")
 
@@ -354,19 +365,26 @@ def fit_task(
                 if not shown and math.isfinite(record.get("knn_acc", math.nan)):
                     shown = {"knn": f"{record['knn_acc']:.3f}"}  # pretraining: no validation metric
                 bar.set_postfix(ep=f"{epoch + 1}/{epochs}", **task.postfix(stats, seen), **shown, refresh=True)
-                if not files.due(last_epoch=epoch + 1 == epochs):
+                last = epoch + 1 == epochs
+                if not files.due(last_epoch=last):
                     continue
+                # While the best epoch is the one just trained, its weights are the evaluation model's,
+                # which the state holds: the weights file waits for a save where the best is older, or
+                # the last one (a resumed run takes them from the state; see _resumed_best).
+                held = best["epoch"] == epoch + 1 and not last
                 head = _head(run_name, spec, settings, epoch + 1, epochs, history, best, best_key, tie_key)
                 files.save({**head, "train": {
-                    "model": cpu_state(model), "optimizer": optimizer.state_dict(), "task": task.state_dict(),
-                    "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None,
-                    "step": step, "rng": _rng_state(generator, device)}},
-                    weights={**head, "model": best["state"]} if best_dirty else None)
-                best_dirty = False
+                    # a finished run needs no optimizer moments (two more copies of the model): left out
+                    "model": cpu_state(model), "optimizer": None if last else optimizer.state_dict(),
+                    "task": task.state_dict(), "scaler": scaler.state_dict(),
+                    "ema": ema.state_dict() if ema else None, "step": step, "rng": _rng_state(generator, device)}},
+                    weights={**head, "model": best["state"]} if best_dirty and not held else None)
+                best_dirty = best_dirty and held
         finally:
             bar.close()
             tracker.close()
             task.release()
+            files.log()  # run_dir/checkpoint_log.csv: saves and bytes of this call, also when interrupted
 
     if best["state"] is None and history:
         # a finished run whose best weights were lost: its final (EMA) weights stand in for them
@@ -396,6 +414,8 @@ def _train_epoch(model, optimizer, scaler, ema, task, device, amp, channels_last
     seen = 0
     data_time = total_time = 0.0
     cuda_events = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t_epoch = time.perf_counter()
     lr = optimizer.param_groups[0]["lr"]
     for i in range(steps):
@@ -457,5 +477,7 @@ def _train_epoch(model, optimizer, scaler, ema, task, device, amp, channels_last
         "images_per_s": seen / train_seconds if train_seconds > 0 else float("nan"),
         "data_share": data_time / total_time if total_time > 0 else float("nan"),
     })
+    if device.type == "cuda":  # what the epoch's training needed at its peak (what a smaller GPU must hold)
+        record["gpu_peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
     record.update({k: v for k, v in fields.items() if not k.startswith("train_")})
     return record, step, s, seen

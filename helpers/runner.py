@@ -158,6 +158,7 @@ def run(preset: str, data_root: str | None = None, out: str | None = None,
 
     Raises helpers.fileops.FolderInUseError when another run uses the same run folder.
     """
+    from .checkpoints import read_save_log
     from .config import get_config
     from .data import load_index
     from .pipeline import load_record, record
@@ -190,7 +191,7 @@ def run(preset: str, data_root: str | None = None, out: str | None = None,
                     raise RuntimeError(f"{nb.name} failed: {str(exc)[-2000:]}\nThe executed copy with the "
                                        f"error is {executed / nb.name}") from None
                 print(f"   done in {times[nb.stem]:.0f} s", flush=True)
-                record(cfg, stage_seconds=times, skipped=skipped)
+                record(cfg, stage_seconds=times, skipped=skipped, checkpoints=read_save_log(cfg.run_dir))
             return load_record(cfg)
 
 
@@ -217,6 +218,11 @@ def format_summary(summary: dict) -> str:
             lines.append(f"{label:<44} {value:.3f}" if isinstance(value, float) else f"{label:<44} {value}")
     for name, why in summary.get("skipped", {}).items():
         lines.append(f"{'skipped: ' + name:<44} {why}")
+    saved = summary.get("checkpoints") or {}
+    if saved.get("saves"):  # every training call of this run folder so far (helpers.checkpoints' log)
+        lines.append(f"{'checkpoints written (this run folder)':<44} {saved['saves']:.0f} saves, "
+                     f"{saved['mb_local'] / 1e3:.2f} GB locally, {saved['mb_mirrored'] / 1e3:.2f} GB to the "
+                     f"mirror, {saved['seconds']:.0f} s")
     stages = summary.get("stage_seconds", {})
     if stages:
         lines.append("-" * 60)

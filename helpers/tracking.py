@@ -16,6 +16,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from .checkpoints import save_log_rows
+
 HISTORY_SUFFIX = ".history.csv"
 _ORDER = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_miou", "lr", "images_per_s", "seconds")
 
@@ -119,14 +121,26 @@ def _runs(run_dirs: Sequence[str | os.PathLike]) -> list[tuple[str, Path]]:
     return found
 
 
+def _checkpoint_mb(run_dirs: Sequence[str | os.PathLike]) -> dict[str, float]:
+    """MB of checkpoints each training wrote locally (helpers.checkpoints' log), by the label `_runs` gives it."""
+    written: dict[str, float] = {}
+    for folder in map(Path, run_dirs):
+        for row in save_log_rows(folder):
+            label = f"{folder.name}/{row['run']}" if len(run_dirs) > 1 else row["run"]
+            written[label] = written.get(label, 0.0) + row["mb_local"]
+    return written
+
+
 def compare_runs(run_dirs: Sequence[str | os.PathLike]) -> str:
-    """One line per training run in these run folders: epochs, best validation score and epoch, time, speed."""
+    """One line per training run in these run folders: epochs, best score and epoch, time, speed, GPU memory, checkpoint MB."""
     lines = [f"{'run':<40} {'epochs':>6} {'best val':>9} {'at epoch':>8} {'last loss':>9} {'minutes':>7} "
-             f"{'img/s':>7}"]
+             f"{'img/s':>7} {'GPU GB':>6} {'ckpt MB':>7}"]
+    written = _checkpoint_mb(run_dirs)
     for label, path in _runs(run_dirs):
         history = read_history(path)
         if not history:
             continue
+        peaks = [h["gpu_peak_gb"] for h in history if isinstance(h.get("gpu_peak_gb"), (int, float))]
         metric = next((k for k in ("val_acc", "val_miou", "knn_acc") if k in history[0]), None)
         scored = [h for h in history if metric and isinstance(h.get(metric), (int, float))
                   and math.isfinite(h[metric])]
@@ -136,7 +150,9 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike]) -> str:
         lines.append(f"{label:<40} {len(history):>6} "
                      + (f"{best[metric]:>9.3f} {best['epoch']:>8}" if best else f"{'-':>9} {'-':>8}")
                      + f" {history[-1].get('train_loss', float('nan')):>9.3f} {minutes:>7.1f} "
-                     + (f"{speeds[len(speeds) // 2]:>7.0f}" if speeds else f"{'-':>7}"))
+                     + (f"{speeds[len(speeds) // 2]:>7.0f}" if speeds else f"{'-':>7}")
+                     + (f" {max(peaks):>6.1f}" if peaks else f" {'-':>6}")
+                     + (f" {written[label]:>7.0f}" if label in written else f" {'-':>7}"))
     if len(lines) == 1:
         lines.append(f"(no *{HISTORY_SUFFIX} in {', '.join(map(str, run_dirs))}: no training has run there yet)")
     return "\n".join(lines)

@@ -80,6 +80,7 @@ def test_unet_trains_in_mixed_precision_on_the_gpu(tmp_path):
     assert all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_miou"]) for h in result.history)
     assert next(result.model.parameters()).device.type == "cuda"
     assert result.checkpoint.is_file() and result.resume_file.is_file()
+    assert all(0 < h["gpu_peak_gb"] < 140 for h in result.history)  # the epoch's peak GPU memory is recorded
 
 
 def test_fp16_scaler_state_survives_a_resume_on_the_gpu(tmp_path, monkeypatch):

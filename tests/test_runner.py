@@ -113,4 +113,7 @@ def test_a_dataset_without_unlabeled_images_runs_end_to_end(tmp_path):
     assert summary["final_classifier"] == "final_classifier_ssl"
     assert summary["final_segmenter"] == "final_" + summary["segmenter"]
     assert "submitted: final fit on all labeled images" in done.stdout
+    saved = summary["checkpoints"]  # helpers.checkpoints' log of every training's saves, totalled
+    assert saved["trainings"] >= 6 and saved["saves"] >= saved["trainings"] and saved["mb_local"] > 0
+    assert "checkpoints written (this run folder)" in done.stdout
     assert "submitting the final fits on all" in json.dumps(executed["cells"])

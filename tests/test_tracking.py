@@ -80,6 +80,10 @@ def test_compare_lists_every_run_of_the_folders(tmp_path, capsys):
     lines = table.splitlines()
     assert lines[0].split()[:4] == ["run", "epochs", "best", "val"]
     assert [line.split()[:2] for line in lines[1:]] == [["long", "3"], ["short", "2"]]
+    assert lines[0].split()[-3:] == ["GPU", "GB", "ckpt"] or lines[0].endswith("GPU GB ckpt MB")
+    mb = {line.split()[0]: float(line.split()[-1]) for line in lines[1:]}  # from checkpoint_log.csv
+    size = (tmp_path / "runs" / "long.pt").stat().st_size + (tmp_path / "runs" / "long.resume.pt").stat().st_size
+    assert mb["long"] >= size / 1e6 - 0.1 and all(line.split()[-2] == "-" for line in lines[1:])  # no GPU here
     assert main(["compare", str(tmp_path / "runs")]) == 0
     assert capsys.readouterr().out.strip() == table
     ax = tracking.plot_runs([tmp_path / "runs"], "val_acc")

@@ -11,7 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import helpers.checkpoints as checkpoints
-from helpers.checkpoints import STATE_SUFFIX, TrainingFiles, copy_atomic, restore_missing
+from helpers.checkpoints import (
+    SAVE_LOG,
+    STATE_SUFFIX,
+    TrainingFiles,
+    copy_atomic,
+    read_save_log,
+    restore_missing,
+    save_log_rows,
+)
 from helpers.classification import fit
 from helpers.config import Config
 from helpers.engine import TrainTask, fit_task
@@ -99,18 +107,23 @@ def test_best_weights_are_written_only_when_they_improve(tmp_path, monkeypatch):
     saved = _epochs_saved(monkeypatch)
     values = [0.1, 0.3, 0.3, 0.2, 0.5, 0.4]  # epoch 3 ties on accuracy but not on loss (<= keeps the later)
     result = fit_task(_linear(), ScriptedTask(values), _scfg(tmp_path), run_name="s", epochs=6, progress=False)
-    assert saved == [(1, True), (2, True), (3, True), (4, False), (5, True), (6, False)]
+    # while the best is the epoch just saved, the state holds its weights: the weights file waits
+    # for a save where the best is older (epoch 4: the best is 3) and for the last one
+    assert saved == [(1, False), (2, False), (3, False), (4, True), (5, False), (6, True)]
     stats = result.checkpoint_stats
-    assert (stats.saves, stats.state_writes, stats.weights_writes) == (6, 6, 4)
+    assert (stats.saves, stats.state_writes, stats.weights_writes) == (6, 6, 2)
     weights = torch.load(tmp_path / "runs" / "s.pt", weights_only=True)
     state = torch.load(tmp_path / "runs" / f"s{STATE_SUFFIX}", weights_only=True)
     assert weights["best_epoch"] == state["best_epoch"] == result.best_epoch == 5
     assert "train" not in weights and "model" not in state  # each file carries only its own part
-    assert state["epoch"] == 6 and weights["epoch"] == 5
+    assert state["epoch"] == weights["epoch"] == 6
+    assert state["train"]["optimizer"] is None  # a finished run keeps no optimizer moments
     assert stats.bytes_local > 0 and stats.bytes_mirrored == 0
     # the two checkpoint files, the per-epoch history (helpers.tracking) and, when installed, TensorBoard's folder
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()
-                  if p.name != "tensorboard") == ["s.history.csv", "s.pt", f"s{STATE_SUFFIX}"]
+                  if p.name != "tensorboard") == [SAVE_LOG, "s.history.csv", "s.pt", f"s{STATE_SUFFIX}"]
+    assert save_log_rows(tmp_path / "runs") == [{"run": "s", "saves": 6, "weights_writes": 2, "seconds": pytest.approx(
+        stats.seconds, abs=0.01), "mb_local": round(stats.bytes_local / 1e6, 1), "mb_mirrored": 0.0}]
 
 
 def test_saves_are_throttled_by_time_and_the_last_epoch_is_always_saved(tmp_path, monkeypatch, fake_clock):
@@ -120,7 +133,8 @@ def test_saves_are_throttled_by_time_and_the_last_epoch_is_always_saved(tmp_path
              progress=False)
     # 40 s per epoch: after epoch 2 (80 s), one more epoch would leave 120 s > 90 s unsaved: save
     assert [epoch for epoch, _ in saved] == [2, 4, 6, 8, 10]
-    assert all(weights for _, weights in saved)  # the best improved in every interval
+    # the best improved in every interval, always at the saved epoch: the state holds it until the end
+    assert [weights for _, weights in saved] == [False, False, False, False, True]
     saved.clear()
     task = ScriptedTask([1 - 0.05 * k for k in range(12)], clock=fake_clock, seconds_per_epoch=25.0)
     fit_task(_linear(), task, _scfg(tmp_path, checkpoint_seconds=90.0), run_name="u", epochs=12, progress=False)
@@ -135,7 +149,9 @@ def test_mirror_holds_both_files_and_a_new_session_resumes_from_it(tmp_path, mon
     cfg = _cfg(tmp_path / "b", epochs=4, ema_decay=0.9, mirror_dir=tmp_path / "drive" / "r")
     crash_after_saves(monkeypatch, lambda: fit(_tiny(), train, val, cfg, run_name="r", progress=False))
     mirrored = sorted(p.name for p in (tmp_path / "drive" / "r").iterdir())
-    assert mirrored == ["r.pt", f"r{STATE_SUFFIX}"]
+    # the state, the weights file once it was due (the best older than a save), the save log: as run_dir
+    assert f"r{STATE_SUFFIX}" in mirrored and SAVE_LOG in mirrored
+    assert mirrored == sorted(p.name for p in cfg.run_dir.iterdir() if p.name.endswith((".pt", SAVE_LOG)))
     for name in mirrored:
         assert (tmp_path / "drive" / "r" / name).read_bytes() == (cfg.run_dir / name).read_bytes()
     shutil.rmtree(cfg.run_dir)  # the session died with its local disk
@@ -143,6 +159,12 @@ def test_mirror_holds_both_files_and_a_new_session_resumes_from_it(tmp_path, mon
     assert resumed.resumed_from == 2
     assert_identical_runs(straight, resumed)
     assert resumed.checkpoint_stats.bytes_mirrored == resumed.checkpoint_stats.bytes_local > 0
+    # the log of what checkpointing cost came back from the mirror and holds both sessions' calls
+    rows = save_log_rows(cfg.run_dir)
+    assert [(r["run"], r["saves"]) for r in rows] == [("r", 2), ("r", 2)]
+    totals = read_save_log(cfg.run_dir)
+    assert totals["trainings"] == 2 and totals["saves"] == 4
+    assert totals["mb_mirrored"] == pytest.approx(totals["mb_local"], abs=0.2) and totals["mb_local"] > 0
 
 
 def test_a_failing_mirror_warns_and_training_goes_on(tmp_path):
@@ -151,15 +173,19 @@ def test_a_failing_mirror_warns_and_training_goes_on(tmp_path):
     cfg = _scfg(tmp_path, mirror_dir=blocker / "runs")
     with pytest.warns(UserWarning, match="could not copy .* to the mirror folder") as caught:
         result = fit_task(_linear(), ScriptedTask([0.1, 0.2]), cfg, run_name="s", epochs=2, progress=False)
-    assert len(caught) == 4  # weights and state, 2 epochs: each failure is told
+    assert len(caught) == 4  # the state of epoch 1, the weights and state of epoch 2, the log: each failure is told
     assert result.checkpoint.is_file() and result.checkpoint_stats.bytes_mirrored == 0
 
 
-def test_kill_between_the_weights_and_the_state_write_resumes_identically(tmp_path, monkeypatch):
-    values = [0.1, 0.2, 0.1, 0.4, 0.3]
-    straight = fit_task(_linear(), ScriptedTask(values), _scfg(tmp_path / "a"), run_name="k", epochs=5,
-                        progress=False)
-    cfg = _scfg(tmp_path / "b")
+def test_kill_between_the_weights_and_the_state_write_resumes_identically(tmp_path, monkeypatch, fake_clock):
+    values = [0.1, 0.2, 0.4, 0.3, 0.35]  # saves after epochs 2, 4 and 5: the best (3) is written at 4
+
+    def task(first_epoch=0):
+        return ScriptedTask(values, first_epoch, clock=fake_clock, seconds_per_epoch=40.0)
+
+    cfg = _scfg(tmp_path / "a", checkpoint_seconds=90.0)
+    straight = fit_task(_linear(), task(), cfg, run_name="k", epochs=5, progress=False)
+    cfg = _scfg(tmp_path / "b", checkpoint_seconds=90.0)
     real_save = checkpoints.save_checkpoint
 
     def killed_at_state_4(path, payload):
@@ -169,16 +195,44 @@ def test_kill_between_the_weights_and_the_state_write_resumes_identically(tmp_pa
 
     monkeypatch.setattr(checkpoints, "save_checkpoint", killed_at_state_4)
     with pytest.raises(KeyboardInterrupt):
-        fit_task(_linear(), ScriptedTask(values), cfg, run_name="k", epochs=5, progress=False)
-    monkeypatch.undo()
-    assert torch.load(cfg.run_dir / "k.pt", weights_only=True)["best_epoch"] == 4
-    assert torch.load(cfg.run_dir / f"k{STATE_SUFFIX}", weights_only=True)["epoch"] == 3
+        fit_task(_linear(), task(), cfg, run_name="k", epochs=5, progress=False)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", real_save)
+    assert torch.load(cfg.run_dir / "k.pt", weights_only=True)["best_epoch"] == 3
+    assert torch.load(cfg.run_dir / f"k{STATE_SUFFIX}", weights_only=True)["epoch"] == 2
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the newer weights file is expected: no "lost best" warning
-        resumed = fit_task(_linear(), ScriptedTask(values, first_epoch=3), cfg, run_name="k", epochs=5,
-                           progress=False)
-    assert resumed.resumed_from == 3 and resumed.best_epoch == straight.best_epoch == 4
+        resumed = fit_task(_linear(), task(first_epoch=2), cfg, run_name="k", epochs=5, progress=False)
+    assert resumed.resumed_from == 2 and resumed.best_epoch == straight.best_epoch == 3
     assert_identical_runs(straight, resumed)
+
+
+def test_a_kill_while_the_best_is_the_latest_epoch_resumes_its_weights_from_the_state(tmp_path, monkeypatch):
+    values = [0.1, 0.2, 0.3, 0.25, 0.2]  # the best is the latest epoch at the first three saves
+    straight = fit_task(_linear(), ScriptedTask(values), _scfg(tmp_path / "a", ema_decay=0.5), run_name="b",
+                        epochs=5, progress=False)
+    cfg = _scfg(tmp_path / "b", ema_decay=0.5)
+    crash_after_saves(monkeypatch, lambda: fit_task(_linear(), ScriptedTask(values), cfg, run_name="b",
+                                                     epochs=5, progress=False), saves=3)
+    assert not (cfg.run_dir / "b.pt").exists()  # no weights file yet: the state holds the best (EMA) weights
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "lost best" warning: nothing was lost
+        resumed = fit_task(_linear(), ScriptedTask(values, first_epoch=3), cfg, run_name="b", epochs=5,
+                           progress=False)
+    assert resumed.resumed_from == 3 and resumed.best_epoch == straight.best_epoch == 3
+    assert_identical_runs(straight, resumed)
+
+
+def test_a_finished_run_keeps_no_optimizer_state_and_continues_with_a_warning(tmp_path):
+    cfg, values = _scfg(tmp_path), [0.1, 0.2, 0.3, 0.4, 0.5]
+    first = fit_task(_linear(), ScriptedTask(values), cfg, run_name="f", epochs=3, progress=False)
+    state = torch.load(first.resume_file, weights_only=True)
+    assert state["epoch"] == 3 and state["train"]["optimizer"] is None and state["train"]["model"]
+    again = fit_task(_linear(), ScriptedTask(values), cfg, run_name="f", epochs=3, progress=False)
+    assert again.resumed_from == 3 and len(again.history) == 3  # finished: returned without training
+    with pytest.warns(UserWarning, match="continuing to 5;.* the optimizer starts anew"):
+        longer = fit_task(_linear(), ScriptedTask(values, first_epoch=3), cfg, run_name="f", epochs=5,
+                          progress=False)
+    assert len(longer.history) == 5 and longer.best_epoch == 5
 
 
 def test_lost_best_weights_are_chosen_again_with_a_warning(tmp_path, monkeypatch):
@@ -199,7 +253,7 @@ def test_lost_best_weights_are_chosen_again_with_a_warning(tmp_path, monkeypatch
 
 
 def test_the_older_one_file_checkpoint_still_resumes(tmp_path, monkeypatch):
-    values = [0.1, 0.3, 0.2, 0.4]
+    values = [0.3, 0.1, 0.2, 0.4]  # the best (epoch 1) is older than the second save: its file exists
     straight = fit_task(_linear(), ScriptedTask(values), _scfg(tmp_path / "a"), run_name="o", epochs=4,
                         progress=False)
     cfg = _scfg(tmp_path / "b")
