@@ -1,8 +1,9 @@
 """Checkpoint files: atomic save, safe load (weights_only), clear errors, and the files of a training run.
 
-`TrainingFiles` is the policy `helpers.engine.fit_task` follows: a small best-weights file written
-only when the best improves, a resume state written at most every `every_seconds` and after the
-last epoch, both on local disk and copied to a persistent mirror folder (Drive, /kaggle/working).
+`TrainingFiles` holds the files of the policy `helpers.engine.fit_task` follows: a small best-weights
+file written only when the best improved (and is not the epoch just saved, which the state holds),
+a resume state written at most every `every_seconds` and after the last epoch, both on local disk
+and copied to a persistent mirror folder (Drive, /kaggle/working).
 `read_save_log` totals what checkpointing cost a run (the rows `TrainingFiles.log` appends).
 """
 from __future__ import annotations
@@ -175,7 +176,7 @@ class TrainingFiles:
     """The checkpoint files of one training run: local, throttled by time, mirrored to a persistent folder.
 
     `<run_name>.pt` holds the best weights and the model_spec (what inference and encoder transfer
-    load); it is rewritten only when a better epoch has been found since the last save.
+    load); fit_task rewrites it only when a better epoch has been found since it was last written.
     `<run_name>.resume.pt` holds what continuing needs (current weights, optimizer, EMA, scaler, RNG,
     history). A save writes the weights file first, then the state: a kill in between leaves a
     weights file newer than the state, which resuming accepts (see helpers.engine), never an older one.
