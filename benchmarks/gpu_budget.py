@@ -224,8 +224,8 @@ def epoch_seconds(t: Training, step: dict, speed: str) -> float:
     return max(compute, dispatch) if speed == "fast" else compute + dispatch
 
 
-def time_budget(kept: tuple[int, ...] = (500, 1500, 5000)) -> dict:
-    """T4 seconds per notebook and per training (fast, slow) for the gpu preset on the real data's counts."""
+def time_budget(kept: tuple[int, ...] = (500, 1500, 5000)) -> tuple[dict, dict, dict]:
+    """(report, step costs, forward FLOPs): T4 seconds per notebook and per training (fast, slow) on the real data's counts."""
     cfg = gpu_config()
     step, fwd = costs(cfg)
     with tempfile.TemporaryDirectory() as tmp:
@@ -348,7 +348,8 @@ def main(argv: list[str] | None = None) -> None:
         total_local = sum(r["bytes_local_mb"] for r in results.values())
         total_mirror = sum(r["bytes_mirrored_mb"] for r in results.values())
         print(f"checkpoint bytes written: {total_local / 1e3:.2f} GB locally + {total_mirror / 1e3:.2f} GB to "
-              f"the mirror; {sum(r['saves'] for r in results.values())} saves")
+              f"the mirror; {sum(r['saves'] for r in results.values())} saves; the finished run's files "
+              f"{sum(r['state_mb'] + r['weights_mb'] for r in results.values()) / 1e3:.2f} GB")
         print(f"work lost when killed, at most: {max(r['longest_gap_s'] for r in results.values()):.0f} s of "
               f"simulated T4 training (+ the save itself, at most "
               f"{max(r['save_s_max'] for r in results.values()):.1f} s here)")
