@@ -277,11 +277,19 @@ class TrainingFiles:
 def save_log_rows(run_dir: str | os.PathLike) -> list[dict]:
     """The rows of run_dir/checkpoint_log.csv as dicts (run, saves, weights_writes, mb_local, mb_mirrored, seconds)."""
     path = Path(run_dir) / SAVE_LOG
-    rows = []
+    rows, bad = [], 0
     for line in (path.read_text().splitlines()[1:] if path.is_file() else []):
         fields = line.split(",")
-        if len(fields) == len(_LOG_FIELDS):  # a row cut short by a kill is skipped: a record, not a checkpoint
+        try:
+            if len(fields) != len(_LOG_FIELDS):
+                raise ValueError(line)
             rows.append({"run": fields[0], **{k: float(v) for k, v in zip(_LOG_FIELDS[1:], fields[1:])}})
+        except ValueError:
+            bad += 1
+    if bad:  # a record, not a checkpoint: the totals go on without the rows it cannot read
+        warnings.warn(f"{path}: skipped {bad} row(s) that are not '{','.join(_LOG_FIELDS)}' with numbers; "
+                      "the checkpoint totals leave them out (delete the file to start the record afresh)",
+                      stacklevel=2)
     return rows
 
 

@@ -164,6 +164,10 @@ def test_mirror_holds_both_files_and_a_new_session_resumes_from_it(tmp_path, mon
     assert [(r["run"], r["saves"]) for r in rows] == [("r", 2), ("r", 2)]
     totals = read_save_log(cfg.run_dir)
     assert totals["trainings"] == 2 and totals["saves"] == 4
+    with open(cfg.run_dir / SAVE_LOG, "a") as f:  # a hand-edited record: named, skipped, the rest still counted
+        f.write("r,two,1,0.5,0.5,0.1\nr,1,1\n")
+    with pytest.warns(UserWarning, match=r"checkpoint_log\.csv: skipped 2 row\(s\)"):
+        assert read_save_log(cfg.run_dir)["saves"] == 4
     assert totals["mb_mirrored"] == pytest.approx(totals["mb_local"], abs=0.2) and totals["mb_local"] > 0
 
 
