@@ -61,7 +61,8 @@ def run_one(name: str, env: dict[str, str], seed: int, args) -> Path:
         command += ["--data-root", args.data_root]
     if reused and args.only:
         command += ["--only", args.only]
-    environment = {**os.environ, **env, "IMSUB_SEED": str(seed), "PYTHONPATH": str(ROOT), "IMSUB_ROOT": str(ROOT)}
+    environment = {**os.environ, **env, "IMSUB_SEED": str(seed), "PYTHONPATH": str(ROOT), "IMSUB_ROOT": str(ROOT),
+                   "IMSUB_RUN_DIR": str(run_folder)}  # one dataset per study: out/runs/<preset>, no dataset level
     log = out.with_suffix(".log")
     out.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", default=None, help="folder for runs/, cache/, submission/ (default: the repository)")
     run.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 04,05")
     summary = sub.add_parser("summary", help="print the summary of a finished run")
-    summary.add_argument("--run-dir", default=None, help="default: runs/<preset> of the current config")
+    summary.add_argument("--run-dir", default=None, help="default: runs/<dataset>/<preset> of the current config")
+    summary.add_argument("--preset", default=None, choices=["smoke", "cpu", "gpu"], help="as for run")
+    summary.add_argument("--out", default=None, help="the --out folder the run was given")
     compare = sub.add_parser("compare", help="one line per training run (epochs, best score, time) of run folders")
     compare.add_argument("run_dirs", nargs="*", help="run folders (default: every folder under runs/)")
     args = parser.parse_args(argv)
@@ -26,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         import torch
 
-        preset = args.preset or __import__("os").environ.get("IMSUB_PRESET") or (
+        preset = args.preset or os.environ.get("IMSUB_PRESET") or (
             "gpu" if torch.cuda.is_available() else "cpu")
         from .fileops import FolderInUseError
 
@@ -40,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "summary":
         from .config import get_config
 
-        runner.print_summary(args.run_dir or get_config(prepare_data=False).run_dir)
+        folders = {"runs_dir": Path(args.out).expanduser() / "runs"} if args.out else {}
+        runner.print_summary(args.run_dir or get_config(args.preset, prepare_data=False, **folders).run_dir)
         return 0
     if args.command == "compare":
         from .config import project_root

@@ -86,7 +86,8 @@ class Config:
     tensorboard: str = "auto"  # TensorBoard event files under run_dir/tensorboard: "auto" (if installed), "on", "off"
     wandb_project: str = ""  # a Weights & Biases project to log to; "" (default): wandb is never imported
     cache_dir: Path | None = None
-    run_dir: Path | None = None  # checkpoints and records (default runs/<dataset_tag>/<preset>, "-scratch" added with init "scratch")
+    run_dir: Path | None = None  # checkpoints and records (default <runs_dir>/<dataset_tag>/<preset>, "-scratch" added with init "scratch")
+    runs_dir: Path | None = None  # the folder of the run folders (default <repo>/runs; `python -m helpers run --out D`: D/runs)
     # A persistent folder (Drive, /kaggle/working) the checkpoints and records are copied to, and
     # restored from in a new session. $IMSUB_MIRROR_DIR / get_config(mirror_dir=...) name its base:
     # get_config appends <dataset_tag>/<preset>. None: everything stays on this machine's disk.
@@ -185,7 +186,7 @@ def _coerce(value: str, current, name: str):
     return value
 
 
-_PATH_FIELDS = {"data_root", "truth_root", "extract_dir", "cache_dir", "run_dir", "mirror_dir", "submission_dir", "encoder_weights"}
+_PATH_FIELDS = {"data_root", "truth_root", "extract_dir", "cache_dir", "run_dir", "runs_dir", "mirror_dir", "submission_dir", "encoder_weights"}
 
 
 def get_config(preset: str | None = None, *, prepare_data: bool = True, **overrides) -> Config:
@@ -221,7 +222,8 @@ def get_config(preset: str | None = None, *, prepare_data: bool = True, **overri
     if cfg.truth_root is None and (data_root.parent / "demo_info.json").is_file():
         cfg.truth_root = data_root.parent / "truth"  # a demo dataset given explicitly keeps its truth
     cfg.dataset_tag = cfg.dataset_tag or dataset_tag(data_root, demo=source == "demo")
-    cfg.run_dir = Path(cfg.run_dir or root / "runs" / cfg.dataset_tag / run_folder_name(preset, cfg.init))
+    cfg.runs_dir = Path(cfg.runs_dir or root / "runs")
+    cfg.run_dir = Path(cfg.run_dir or cfg.runs_dir / cfg.dataset_tag / run_folder_name(preset, cfg.init))
     cfg.submission_dir = Path(cfg.submission_dir or (root / "submission" if preset != "smoke"
                                                      else cfg.run_dir / "submission"))
     if cfg.mirror_dir:

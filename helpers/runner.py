@@ -31,7 +31,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import DEFAULT_INIT, ENV_PREFIX, project_root, run_folder_name
+from .config import ENV_PREFIX, project_root
 from .fileops import folder_lock
 
 
@@ -72,16 +72,15 @@ def _environment(values: dict[str, str]):
 def run_settings(preset: str, data_root: str | None = None, out: str | None = None) -> dict[str, str]:
     """The IMSUB_* variables of a run: preset, data root and, with `out`, every output folder under it.
 
-    The run folder is out/runs/<preset> (<preset>-scratch with IMSUB_INIT=scratch), as the default
-    layout names it, so that a restart with another start never resumes the other start's models.
+    With `out`, the run folders go under out/runs, named as by default (<dataset>/<preset>, with
+    "-scratch" for IMSUB_INIT=scratch): demo and real runs, or two starts, never share one.
     """
     values = {ENV_PREFIX + "PRESET": preset}
     if data_root:
         values[ENV_PREFIX + "DATA_ROOT"] = str(Path(data_root).expanduser().resolve())
     if out:
         out_dir = Path(out).expanduser().resolve()
-        init = os.environ.get(ENV_PREFIX + "INIT", DEFAULT_INIT)  # as get_config reads it
-        values.update({ENV_PREFIX + "RUN_DIR": str(out_dir / "runs" / run_folder_name(preset, init)),
+        values.update({ENV_PREFIX + "RUNS_DIR": str(out_dir / "runs"),
                        ENV_PREFIX + "CACHE_DIR": str(out_dir / "cache"),
                        ENV_PREFIX + "SUBMISSION_DIR": str(out_dir / "submission")})
     return values
@@ -166,7 +165,8 @@ def run(preset: str, data_root: str | None = None, out: str | None = None,
     settings = run_settings(preset, data_root, out)
     notebooks = list_notebooks(only)
     with _environment(settings):
-        run_dir = Path(get_config(prepare_data=False).run_dir).resolve()
+        # The data first (the demo generated once): the run folder is named after its annotation file.
+        run_dir = Path(get_config().run_dir).resolve()
         # Every kernel gets the run folder in its environment, which is how a later run recognises orphans.
         with _environment({ENV_PREFIX + "RUN_DIR": str(run_dir)}), folder_lock(run_dir, "run folder"):
             _clean_up_after_kill(run_dir)

@@ -79,6 +79,7 @@ class Job:
         """The environment of an attempt: hooks on PYTHONPATH, the events folder, the armed point."""
         path = os.pathsep.join([str(HOOKS), str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         return {**os.environ, "PYTHONPATH": path, "IMSUB_ROOT": str(REPO), "IMSUB_FAULT_DIR": str(self.faults),
+                "IMSUB_RUN_DIR": self.run_dir,  # one dataset here: out/runs/<preset>, without the dataset level
                 "IMSUB_FAULT_ARM": arm, "PYTHONUNBUFFERED": "1"}
 
     def command(self) -> list[str]:

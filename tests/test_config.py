@@ -133,6 +133,12 @@ def test_summary_command_and_the_runner_find_the_run(monkeypatch, tmp_path, caps
     # the headless runner's --out names the run folder itself, for every notebook it starts
     for key, value in run_settings("gpu", str(data), str(tmp_path / "out")).items():
         monkeypatch.setenv(key, value)
-    assert get_config().run_dir == tmp_path / "out" / "runs" / "gpu"
+    cfg = get_config()
+    assert cfg.run_dir == tmp_path / "out" / "runs" / cfg.dataset_tag / "gpu"  # per dataset, as by default
+    pipeline.record(cfg, classifier="classifier_out")
     monkeypatch.setenv("IMSUB_INIT", "scratch")  # another start, another run folder, with --out too
-    assert run_settings("gpu", str(data), str(tmp_path / "out"))["IMSUB_RUN_DIR"] == str(tmp_path / "out" / "runs" / "gpu-scratch")
+    assert get_config().run_dir == tmp_path / "out" / "runs" / cfg.dataset_tag / "gpu-scratch"
+    monkeypatch.delenv("IMSUB_INIT")
+    monkeypatch.delenv("IMSUB_RUNS_DIR")  # a new shell: `summary --out` finds the run by itself
+    assert main(["summary", "--out", str(tmp_path / "out")]) == 0
+    assert "classifier_out" in capsys.readouterr().out

@@ -52,8 +52,12 @@ def test_clean_up_ends_orphaned_kernels_and_removes_partial_files(tmp_path, caps
     assert sorted(p.name for p in run_dir.iterdir()) == ["classifier_baseline.pt"]
 
 
-def test_a_second_run_on_the_same_run_folder_stops_and_changes_nothing(tmp_path):
-    run_dir = tmp_path / "out" / "runs" / "smoke"
+def test_a_second_run_on_the_same_run_folder_stops_and_changes_nothing(tmp_path, monkeypatch):
+    from helpers.config import get_config
+
+    monkeypatch.setenv("IMSUB_ROOT", str(REPO))
+    run_dir = get_config("smoke", runs_dir=tmp_path / "out" / "runs").run_dir  # out/runs/<dataset>/smoke
+    folders = ["out", "out/runs", f"out/runs/{run_dir.parent.name}", f"out/runs/{run_dir.parent.name}/smoke"]
     hold = textwrap.dedent("""
         import sys
         from helpers.fileops import folder_lock
@@ -69,10 +73,10 @@ def test_a_second_run_on_the_same_run_folder_stops_and_changes_nothing(tmp_path)
         second = subprocess.run([sys.executable, "-m", "helpers", "run", "--preset", "smoke", "--out",
                                  str(tmp_path / "out")], capture_output=True, text=True, env=ENV, timeout=120)
         assert second.returncode == 3, second.stderr
-        assert f"runs/smoke: this run folder is in use by process {first.pid}" in second.stderr
+        assert f"{run_dir}: this run folder is in use by process {first.pid}" in second.stderr
         assert "Two runs must not share one run folder" in second.stderr
-        assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
-            "out", "out/runs", "out/runs/smoke", "out/runs/smoke/classifier_baseline.pt", "out/runs/smoke/run.lock"]
+        assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == folders + [
+            f"{folders[-1]}/classifier_baseline.pt", f"{folders[-1]}/run.lock"]
         assert (run_dir / "classifier_baseline.pt").read_bytes() == b"first run's"
         assert first.poll() is None  # the first run goes on
     finally:
@@ -103,7 +107,7 @@ def test_a_dataset_without_unlabeled_images_runs_end_to_end(tmp_path):
                           timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "skipped: the dataset has no unlabeled images" in done.stdout
-    summary = json.loads(next(out.glob("runs/*/summary.json")).read_text())
+    summary = json.loads(next(out.glob("runs/*/*/summary.json")).read_text())  # runs/<dataset>/<preset>
     assert list(summary["skipped"]) == ["03_pseudo_labeling"]
     assert "03_pseudo_labeling" not in summary["stage_seconds"] and "05_submission" in summary["stage_seconds"]
     assert "classifier" not in summary  # 04 and 05 used the labeled-only classifier (02's, init "ssl")
@@ -117,3 +121,19 @@ def test_a_dataset_without_unlabeled_images_runs_end_to_end(tmp_path):
     assert saved["trainings"] >= 6 and saved["saves"] >= saved["trainings"] and saved["mb_local"] > 0
     assert "checkpoints written (this run folder)" in done.stdout
     assert "submitting the final fits on all" in json.dumps(executed["cells"])
+
+
+def test_the_first_run_on_a_fresh_checkout_uses_the_run_folder_of_every_later_run(tmp_path, monkeypatch):
+    """The demo is generated before the run folder is named: a first run killed midway resumes."""
+    from helpers.config import get_config
+
+    monkeypatch.setenv("IMSUB_ROOT", str(tmp_path))  # no demo data yet
+    for name in ("IMSUB_RUN_DIR", "IMSUB_RUNS_DIR", "IMSUB_DATA_ROOT", "IMSUB_INIT"):
+        monkeypatch.delenv(name, raising=False)
+    seen = []
+    monkeypatch.setattr(runner, "list_notebooks", lambda only=None: [REPO / "notebooks" / "00_data_exploration.ipynb"])
+    monkeypatch.setattr(runner, "execute_notebook", lambda nb, executed, timeout=None: seen.append(
+        os.environ["IMSUB_RUN_DIR"]) or 0.0)
+    runner.run("smoke", out=str(tmp_path / "out"))
+    later = get_config("smoke", runs_dir=tmp_path / "out" / "runs").run_dir  # the demo exists now
+    assert seen == [str(later.resolve())] and later.parent.name.startswith("demo-")
