@@ -3,7 +3,8 @@
 `TrainingFiles` holds the files of the policy `helpers.engine.fit_task` follows: a small best-weights
 file written only when the best improved (and is not the epoch just saved, which the state holds),
 a resume state written at most every `every_seconds` and after the last epoch, both on local disk
-and copied to a persistent mirror folder (Drive, /kaggle/working).
+and copied to a persistent mirror folder (Drive, /kaggle/working). A training with other settings
+sets the earlier one's files aside as `<run>@<tag>.*` (`set_aside`, `take_back`; helpers.engine decides).
 `read_save_log` totals what checkpointing cost a run (the rows `TrainingFiles.log` appends).
 """
 from __future__ import annotations
@@ -100,6 +101,7 @@ def load_checkpoint(path: str | os.PathLike, num_classes: int | None = None, map
 
 # ----------------------------------------------------------------------------- training files
 STATE_SUFFIX = ".resume.pt"
+RUN_FILE_SUFFIXES = (".pt", STATE_SUFFIX, ".history.csv")  # a training's files: weights, state, history
 SAVE_LOG = "checkpoint_log.csv"  # one row per training call that saved: what checkpointing cost
 _LOG_FIELDS = ("run", "saves", "weights_writes", "mb_local", "mb_mirrored", "seconds")
 
@@ -248,6 +250,43 @@ class TrainingFiles:
             warnings.warn(f"could not write {path} ({exc})", stacklevel=2)
             return
         mirror_file(path, self.mirror_dir)
+
+    def set_aside(self, tag: str) -> str:
+        """Rename this training's files to `<run>@<tag>.*` (locally, in the mirror, its TensorBoard folder); returns that name.
+
+        A training whose settings changed keeps the earlier one this way instead of overwriting it.
+        """
+        run = self.weights.name.removesuffix(".pt")
+        self._rename(run, f"{run}@{tag}")
+        return f"{run}@{tag}"
+
+    def take_back(self, tag: str) -> bool:
+        """Rename a training set aside as `<run>@<tag>` back to `<run>` (locally or in the mirror); whether there was one."""
+        run = self.weights.name.removesuffix(".pt")
+        return self._rename(f"{run}@{tag}", run)
+
+    def _rename(self, old: str, new: str) -> bool:
+        found = False
+        folders = [self.weights.parent] + ([self.mirror_dir] if self.mirror_dir is not None else [])
+        for folder in folders:
+            for suffix in RUN_FILE_SUFFIXES:
+                src = folder / f"{old}{suffix}"
+                try:
+                    if src.is_file():
+                        os.replace(src, folder / f"{new}{suffix}")
+                        found = True
+                except OSError as exc:
+                    if folder == self.weights.parent:
+                        raise
+                    warnings.warn(f"could not rename {src} in the mirror folder ({exc}); the local copy "
+                                  "is renamed, the mirror's may be overwritten", stacklevel=3)
+        board = self.weights.parent / "tensorboard" / old
+        if board.is_dir():
+            target = board.with_name(new)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(board, target)
+        return found
 
     def _fetch(self, path: Path) -> Path | None:
         """The local file, copied from the mirror first when only the mirror has it; None if neither."""

@@ -2,9 +2,10 @@
 
 FixMatch (Sohn et al., NeurIPS 2020, arXiv:2001.07685): for each unlabeled image the model predicts
 a weakly augmented view; where it is confident (max probability >= threshold), that class is the
-target for a strongly augmented view of the same image. helpers.classification calls
-`fixmatch_loss` from its training step; notebook 03 writes the same function out and checks it
-against this one.
+target for a strongly augmented view of the same image. `fixmatch_loss` is that loss from logits;
+helpers.classification's training step calls its second half, `consistency_loss`, on the
+(distribution-aligned) weak-view probabilities. Notebook 03 writes `fixmatch_loss` out and checks
+it against this one.
 
 Two refinements from the literature, both per class and so right at any class count:
 - `AdaptiveThreshold`: FreeMatch's self-adaptive thresholds (Wang et al., ICLR 2023,

@@ -15,6 +15,10 @@ Conventions:
   improved and no longer the latest epoch (the state holds that one); `{run_name}.resume.pt` holds
   what resuming needs (current weights, optimizer, GradScaler, EMA, step, RNG states) under "train",
   without the optimizer after the last epoch. Both carry the history and the best epoch.
+- A training is its settings (the task's, plus the digest of transferred starting weights), its
+  model_spec and its planned epochs. A checkpoint of the same training resumes; one of another
+  (a changed setting, an exercise) is set aside as `{run_name}@<tag>.*`, never overwritten, and
+  taken back without training when those settings return.
 - The learning rate is the given lr (no batch-size scaling). Weight decay skips biases and norm weights.
 - Batches come from the task, which indexes its uint8 cache on the training device and augments
   there (helpers.augment): no DataLoader, no decoding after the cache is built.
@@ -22,6 +26,7 @@ Conventions:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 import warnings
@@ -116,24 +121,64 @@ def _start_over(path: Path) -> str:
             "or use another run_name")
 
 
-def _check_resume(path: Path, ckpt: dict, spec: dict | None, settings: dict) -> None:
-    """ValueError naming the file when the checkpoint belongs to another model or run settings."""
+START_KEY = "start_weights"  # settings entry: the digest of the weights a model started from (model.start_digest)
+
+
+def training_tag(settings: dict, spec: dict | None, epochs: int) -> str:
+    """A short name for one training's identity (settings, model, planned epochs): `<run>@<tag>` keeps it aside."""
+    blob = json.dumps({"settings": settings, "spec": spec, "epochs": int(epochs)}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+def _changes(path: Path, ckpt: dict, spec: dict | None, settings: dict, epochs: int) -> list[str]:
+    """What differs between a checkpoint's training and this call's (empty: the same one, which resumes).
+
+    ValueError naming the file when it is not a resumable checkpoint of this engine at all.
+    """
     if ckpt.get("format") != CHECKPOINT_FORMAT or "train" not in ckpt:
         raise ValueError(f"checkpoint {path} is not a resumable training checkpoint of helpers.engine.fit_task; "
                          + _start_over(path))
+    changes = []
     old_spec = ckpt.get("model_spec")
     if spec is not None and old_spec is not None and old_spec != spec:
-        diff = sorted(k for k in set(spec) | set(old_spec) if spec.get(k) != old_spec.get(k))
-        raise ValueError(f"checkpoint {path} holds another model (model_spec differs in {diff}); "
-                         + _start_over(path))
-    old = ckpt.get("settings", {})
-    diff = sorted(k for k in set(settings) | set(old) if settings.get(k) != old.get(k))
-    if diff:
-        shown = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff if "fingerprint" not in k)
-        if any("fingerprint" in k for k in diff):
-            shown = (shown + ", " if shown else "") + "the training images or labels changed"
-        raise ValueError(f"checkpoint {path} was written with other run settings ({shown}); "
-                         + _start_over(path))
+        changes.append("the model (" + ", ".join(sorted(k for k in set(spec) | set(old_spec)
+                                                       if spec.get(k) != old_spec.get(k))) + ")")
+    old, new = dict(ckpt.get("settings", {})), dict(settings)
+    if START_KEY not in old:
+        new.pop(START_KEY, None)  # written before starting weights were recorded: not compared
+    diff = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
+    changes += [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff if "fingerprint" not in k and k != START_KEY]
+    if any("fingerprint" in k for k in diff):
+        changes.append("the training images or labels")
+    if START_KEY in diff:
+        changes.append("the starting weights")
+    if int(ckpt.get("epochs", epochs)) != epochs:
+        changes.append(f"epochs: {ckpt.get('epochs')} -> {epochs}")
+    return changes
+
+
+def _same_training(found: tuple[dict, Path], files: TrainingFiles, spec: dict | None, settings: dict,
+                   epochs: int, num_classes: int | None) -> tuple[dict, Path] | None:
+    """The state to resume: the one found if it is this training; else it is set aside as `<run>@<tag>`
+    and a training with exactly these settings set aside earlier is taken back (None: train anew)."""
+    ckpt, path = found
+    changes = _changes(path, ckpt, spec, settings, epochs)
+    if not changes:
+        return found
+    kept = files.set_aside(training_tag(ckpt.get("settings", {}), ckpt.get("model_spec"),
+                                        int(ckpt.get("epochs", epochs))))
+    print(f"{files.weights.stem}: changed since its checkpoint: {'; '.join(changes)}. The earlier training "
+          f"is kept as {kept}.* in {files.weights.parent}")
+    if not files.take_back(training_tag(settings, spec, epochs)):
+        return None
+    found = files.load_state(num_classes)
+    if found is not None:
+        ckpt, path = found
+        if _changes(path, ckpt, spec, settings, epochs):
+            raise ValueError(f"checkpoint {path}, taken back for these settings, holds other ones; "
+                             + _start_over(path))
+        print(f"{files.weights.stem}: these settings were trained before: taken back")
+    return found
 
 
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
@@ -277,7 +322,9 @@ def fit_task(
     device, amp, channels_last = resolve(cfg)
     spec = spec_of(model, spec)
     base_lr = float(cfg.lr if lr is None else lr)
-    settings = task.settings()
+    settings = dict(task.settings())
+    if getattr(model, "start_digest", None):  # started from transferred weights (helpers.transfer)
+        settings[START_KEY] = model.start_digest
     if not cfg.select_best_epoch:
         settings["select_best_epoch"] = False  # absent when on, so that earlier checkpoints still resume
     files = TrainingFiles(cfg.run_dir, run_name, every_seconds=cfg.checkpoint_seconds,
@@ -308,8 +355,9 @@ def fit_task(
     num_classes = spec["num_classes"] if spec else None
     found = files.load_state(num_classes) if resume else None
     if found is not None:
+        found = _same_training(found, files, spec, settings, epochs, num_classes)
+    if found is not None:
         ckpt, path = found
-        _check_resume(path, ckpt, spec, settings)
         tr = ckpt["train"]
         try:
             model.load_state_dict(tr["model"])
@@ -328,11 +376,6 @@ def fit_task(
         history = list(ckpt["history"])
         best, best_dirty = _resumed_best(ckpt, path, files, best_key, tie_key, num_classes,
                                          lambda: cpu_state(ema.model if ema is not None else model))
-        if int(ckpt.get("epochs", epochs)) != epochs and start_epoch < epochs:
-            restart = (" and the optimizer starts anew (a finished run's state keeps no optimizer moments)"
-                       if tr.get("optimizer") is None else "")
-            warnings.warn(f"{path}: planned for {ckpt.get('epochs')} epochs, continuing to {epochs}; "
-                          f"the learning-rate schedule changes from here on{restart}", stacklevel=3)
         if progress:
             print(f"resuming {path} after epoch {start_epoch}/{epochs}")
 

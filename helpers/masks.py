@@ -3,27 +3,34 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 BACKGROUND_ID = 0
 IGNORE_ID = 1000  # the challenge's "ignore" id, (232, 3, 0) in RGB
 IGNORE_INDEX = 255  # the same pixels in a uint8 class-index map (training targets)
 MAX_ID = 256 * 256 - 1
 
+ArrayLike = Union[np.ndarray, "torch.Tensor"]  # numpy or torch: each function returns the kind it gets
+IntOrArray = Union[int, np.ndarray, "torch.Tensor"]
 
-def class_to_id(class_id):
+
+def class_to_id(class_id: IntOrArray) -> IntOrArray:
     """Segment id of class k: k + 1 (0 is background)."""
     return class_id + 1
 
 
-def id_to_class(segment_id):
+def id_to_class(segment_id: IntOrArray) -> IntOrArray:
     """Class index of a segment id (inverse of `class_to_id`); background gives -1."""
     return segment_id - 1
 
 
-def rgb_to_ids(rgb):
+def rgb_to_ids(rgb: ArrayLike) -> ArrayLike:
     """Decode an H x W x 3 RGB mask (numpy or torch, uint8) into int32 ids R + G*256."""
     if rgb.ndim != 3 or rgb.shape[-1] < 3:
         raise ValueError(f"expected an H x W x 3 RGB mask, got shape {tuple(rgb.shape)}")
@@ -34,7 +41,7 @@ def rgb_to_ids(rgb):
     return rgb[..., 0].to(torch.int32) + rgb[..., 1].to(torch.int32) * 256
 
 
-def ids_to_rgb(ids):
+def ids_to_rgb(ids: ArrayLike) -> ArrayLike:
     """Encode integer ids (numpy or torch, H x W) as an H x W x 3 uint8 RGB mask."""
     if isinstance(ids, np.ndarray):
         ids = ids.astype(np.int64, copy=False)
@@ -52,7 +59,7 @@ def ids_to_rgb(ids):
     return torch.stack([ids & 255, ids >> 8, torch.zeros_like(ids)], dim=-1).to(torch.uint8)
 
 
-def ids_to_index(ids, num_classes: int, source: str | os.PathLike = "mask"):
+def ids_to_index(ids: ArrayLike, num_classes: int, source: str | os.PathLike = "mask") -> ArrayLike:
     """Map challenge ids to a uint8 class-index map: id k+1 -> k+1, 0 -> 0, 1000 -> IGNORE_INDEX.
 
     With K = num_classes + 1 indices, the index of a pixel equals its id, except the ignore band.
@@ -77,7 +84,7 @@ def ids_to_index(ids, num_classes: int, source: str | os.PathLike = "mask"):
     return torch.where(ids == IGNORE_ID, torch.full_like(ids, IGNORE_INDEX), ids).to(torch.uint8)
 
 
-def index_to_ids(index):
+def index_to_ids(index: ArrayLike) -> ArrayLike:
     """Inverse of `ids_to_index`: IGNORE_INDEX -> 1000, every other index is its own id."""
     if isinstance(index, np.ndarray):
         ids = index.astype(np.int32)
@@ -146,7 +153,7 @@ def read_label_mask(path: str | os.PathLike, class_id: int, num_classes: int) ->
     return ids_to_index(code, num_classes, source=path)
 
 
-def write_mask(path: str | os.PathLike, ids) -> None:
+def write_mask(path: str | os.PathLike, ids: ArrayLike) -> None:
     """Write an id map (numpy or torch, H x W) as an RGB PNG encoding id = R + G*256."""
     if not isinstance(ids, np.ndarray):
         ids = ids.cpu().numpy()

@@ -88,6 +88,7 @@ def new_classifier(cfg: Config, index: DatasetIndex, encoder_from: str | os.Path
     source = encoder_from or cfg.encoder_weights
     if source:
         report = load_encoder_weights(model, source)
+        model.start_digest = report.digest  # recorded by the training: a changed start is a new training
         print(f"loaded {report.loaded} tensors from {source}")
     return model
 

@@ -78,10 +78,12 @@ def new_segmenter(cfg: Config, index: DatasetIndex, encoder_from: str | Path | N
                     f"checkpoint {path} is a {key}={src[key]!r} model but the config asks for "
                     f"{key}={model.spec[key]!r}; use the same arch and small_stem as the classifier")
         report = load_encoder(model, state, f"checkpoint {path}")  # raises when any encoder tensor is missing
+        model.start_digest = report.digest  # recorded by the training: a changed start is a new training
         unused = ", ".join(report.unexpected) if report.unexpected else "none"
         print(f"encoder: {report.loaded} tensors loaded from {path}; missing: none; unused: {unused}")
     elif cfg.encoder_weights:
         report = load_encoder_weights(model, cfg.encoder_weights)
+        model.start_digest = report.digest
         print(f"encoder: {report.loaded} tensors loaded from {cfg.encoder_weights}; missing: none")
     return model
 

@@ -7,6 +7,7 @@ error naming the source, and the report lists what was loaded and what was left 
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ class EncoderLoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     loaded: int = 0
+    digest: str = ""  # a hash of the copied tensors (state_digest): which weights the model starts from
 
 
 def _normalise_key(key: str) -> str:
@@ -98,7 +100,17 @@ def _load_trunk(target: nn.Module, source: Mapping, what: str) -> EncoderLoadRep
     with torch.no_grad():
         for key, value in found.items():
             state[key].copy_(value)
-    return EncoderLoadReport(missing=[], unexpected=unexpected, loaded=len(found))
+    return EncoderLoadReport(missing=[], unexpected=unexpected, loaded=len(found), digest=state_digest(found))
+
+
+def state_digest(tensors: Mapping[str, Tensor]) -> str:
+    """A short hash of tensors' names, dtypes and values (a training records which weights it started from)."""
+    h = hashlib.sha1()
+    for key in sorted(tensors):
+        flat = tensors[key].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{key}:{flat.dtype}:".encode())
+        h.update(flat.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def load_encoder(unet: UNet, classifier_state: Mapping[str, Tensor], source: str = "classifier state") -> EncoderLoadReport:

@@ -154,11 +154,11 @@ def test_resume_gives_identical_continuation(tmp_path, monkeypatch):
     assert_identical_runs(straight, resumed)
     assert [h["val_miou"] for h in straight.history] == [h["val_miou"] for h in resumed.history]
 
-    # other masks are other training data: refused
+    # other masks are other training data: a new training, the earlier one set aside
     changed = _squares(16)
     changed.masks[3] = 0
-    with pytest.raises(ValueError, match="images or labels changed"):
-        fit_segmenter(_segmenter(crash_cfg), changed, val, crash_cfg, run_name="r", progress=False)
+    other = fit_segmenter(_segmenter(crash_cfg), changed, val, crash_cfg, run_name="r", progress=False)
+    assert other.resumed_from == 0 and len(list((tmp_path / "b" / "runs").glob("r@*.pt"))) == 2
 
 
 def test_best_epoch_follows_the_shipped_mask_method(tmp_path):
@@ -173,10 +173,10 @@ def test_best_epoch_follows_the_shipped_mask_method(tmp_path):
             assert 0 <= h[f"val_miou_{m}"] <= 1, m
     assert result.best_value == max(h["val_miou_fusion"] for h in result.history)
     assert torch.load(result.checkpoint, weights_only=True)["settings"]["mask_method"] == "fusion"
-    # another method is another run: a resume is refused, naming the setting
-    with pytest.raises(ValueError, match="mask_method"):
-        fit_segmenter(_segmenter(cfg), train, val, cfg, run_name="fusion", val_class_probs=right,
-                      method="pixel", progress=False)
+    # another method is another training: not resumed from this one
+    other = fit_segmenter(_segmenter(cfg), train, val, cfg, run_name="fusion", val_class_probs=right,
+                          method="pixel", progress=False)
+    assert other.resumed_from == 0 and other.best_value == max(h["val_miou_pixel"] for h in other.history)
     with pytest.raises(ValueError, match="val_class_probs"):
         fit_segmenter(_segmenter(cfg), train, val, cfg, run_name="x", method="fg+class", progress=False)
     with pytest.raises(ValueError, match="unknown mask method"):

@@ -154,10 +154,17 @@ def test_resume_gives_the_same_continuation(tmp_path, monkeypatch):
     assert resumed.resumed_from == 2
     assert_identical_runs(straight, resumed)
     assert [h["knn_acc"] for h in straight.history] == [h["knn_acc"] for h in resumed.history]
-    with pytest.raises(ValueError, match="other run settings.*temperature"):
-        selfsup.pretrain(_tiny(), images, _cfg(tmp_path / "b", ssl_epochs=4, ssl_temperature=0.5), progress=False)
-    with pytest.raises(ValueError, match="images or labels changed"):
-        selfsup.pretrain(_tiny(), _patterns(64, seed=7), crash_cfg, progress=False)
+
+
+
+def test_other_pretraining_settings_are_a_new_training(tmp_path, capsys):
+    images, cfg = _patterns(32, seed=4), _cfg(tmp_path, ssl_epochs=1)
+    selfsup.pretrain(_tiny(), images, cfg, progress=False)
+    hotter = selfsup.pretrain(_tiny(), images, _cfg(tmp_path, ssl_epochs=1, ssl_temperature=0.5), progress=False)
+    assert hotter.resumed_from == 0 and "temperature: 0.2 -> 0.5" in capsys.readouterr().out
+    other = selfsup.pretrain(_tiny(), _patterns(32, seed=7), cfg, progress=False)
+    assert other.resumed_from == 0 and "the training images or labels" in capsys.readouterr().out
+    assert len(list((tmp_path / "runs").glob("ssl_encoder@*.pt"))) == 4  # two trainings set aside: weights, state
 
 
 def test_pretraining_images_leave_out_validation():

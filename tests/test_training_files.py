@@ -226,17 +226,16 @@ def test_a_kill_while_the_best_is_the_latest_epoch_resumes_its_weights_from_the_
     assert_identical_runs(straight, resumed)
 
 
-def test_a_finished_run_keeps_no_optimizer_state_and_continues_with_a_warning(tmp_path):
+def test_a_finished_run_keeps_no_optimizer_state_and_reruns_without_training(tmp_path):
     cfg, values = _scfg(tmp_path), [0.1, 0.2, 0.3, 0.4, 0.5]
     first = fit_task(_linear(), ScriptedTask(values), cfg, run_name="f", epochs=3, progress=False)
     state = torch.load(first.resume_file, weights_only=True)
     assert state["epoch"] == 3 and state["train"]["optimizer"] is None and state["train"]["model"]
     again = fit_task(_linear(), ScriptedTask(values), cfg, run_name="f", epochs=3, progress=False)
     assert again.resumed_from == 3 and len(again.history) == 3  # finished: returned without training
-    with pytest.warns(UserWarning, match="continuing to 5;.* the optimizer starts anew"):
-        longer = fit_task(_linear(), ScriptedTask(values, first_epoch=3), cfg, run_name="f", epochs=5,
-                          progress=False)
-    assert len(longer.history) == 5 and longer.best_epoch == 5
+    # more epochs are another schedule: a new training (tests/test_changed_settings.py), no continuation
+    longer = fit_task(_linear(), ScriptedTask(values), cfg, run_name="f", epochs=5, progress=False)
+    assert longer.resumed_from == 0 and len(longer.history) == 5
 
 
 def test_lost_best_weights_are_chosen_again_with_a_warning(tmp_path, monkeypatch):
