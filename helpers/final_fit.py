@@ -30,7 +30,7 @@ PSEUDO_PREFIX = "classifier_pseudo_r"
 UNET_STARTS = ("unet_scratch", "unet_from_ssl", "unet_from_classifier", "unet_semi")
 
 
-def all_labeled(data: RunData):
+def all_labeled(data: RunData) -> cache.CachedImages:
     """Every labeled image of the run (training and validation split), masks included."""
     return cache.concat(data.train, data.val)
 

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from .masks import IGNORE_INDEX, ids_to_index, read_mask
+
+if TYPE_CHECKING:
+    import ipywidgets
 
 IGNORE_COLOR = np.array([255, 255, 255], dtype=np.uint8)
 
@@ -59,7 +63,7 @@ def _to_hwc(image) -> np.ndarray:
 
 def show_grid(images: Sequence, masks: Sequence | None = None, titles: Sequence[str] | None = None,
               num_classes: int | None = None, ncols: int = 6, size: float = 2.2, title_colors=None,
-              class_names: Sequence[str] | None = None):
+              class_names: Sequence[str] | None = None) -> plt.Figure:
     """Show images (CHW tensors, HWC arrays or PIL images) in a grid, masks blended over them.
 
     With `class_names` (and masks), a legend names the colour of each class shown.
@@ -87,7 +91,7 @@ def show_grid(images: Sequence, masks: Sequence | None = None, titles: Sequence[
     return fig
 
 
-def show_samples(samples: Sequence, class_names: Sequence[str], with_masks: bool = True, ncols: int = 6):
+def show_samples(samples: Sequence, class_names: Sequence[str], with_masks: bool = True, ncols: int = 6) -> plt.Figure:
     """Load index samples from disk and show them with their masks and class names."""
     from .images import load_image
 
@@ -101,7 +105,7 @@ def show_samples(samples: Sequence, class_names: Sequence[str], with_masks: bool
                      class_names=class_names if with_masks else None)
 
 
-def plot_history(history: Sequence[dict], title: str = ""):
+def plot_history(history: Sequence[dict], title: str = "") -> plt.Figure:
     """Training curves: loss and accuracy per epoch, train against validation."""
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.2))
@@ -136,7 +140,7 @@ def plot_embedding(ax, xy, labels, class_names: Sequence[str], marked=None, titl
     ax.set_title(title, fontsize=10)
 
 
-def plot_confusion(cm: np.ndarray, class_names: Sequence[str], normalize: bool = True):
+def plot_confusion(cm: np.ndarray, class_names: Sequence[str], normalize: bool = True) -> plt.Figure:
     """A confusion matrix (rows: true class, columns: predicted) with class names on the axes."""
     cm = np.asarray(cm, dtype=np.float64)
     if normalize:
@@ -154,7 +158,7 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], normalize: bool =
     return fig
 
 
-def browse(samples: Sequence, class_names: Sequence[str], predictions: dict | None = None):
+def browse(samples: Sequence, class_names: Sequence[str], predictions: dict | None = None) -> ipywidgets.VBox:
     """An ipywidgets browser: page through samples with their masks (and predictions, if given).
 
     `predictions` maps a sample key to (class_id, index_mask) as produced by the later notebooks.

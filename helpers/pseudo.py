@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .cache import CachedImages
+
 
 def _check_probs(probs: Tensor) -> None:
     if not isinstance(probs, Tensor) or probs.ndim != 2:
@@ -111,7 +113,7 @@ def threshold_sweep(probs: Tensor, true_labels: Tensor, thresholds: Sequence[flo
     return rows
 
 
-def pseudo_labeled(data, indices: Tensor, labels: Tensor):
+def pseudo_labeled(data: CachedImages, indices: Tensor, labels: Tensor) -> CachedImages:
     """The CachedImages subset at `indices` with its labels replaced by the pseudo-labels."""
     indices = torch.as_tensor(indices).long().flatten().cpu()
     labels = torch.as_tensor(labels).long().flatten()

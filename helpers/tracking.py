@@ -15,8 +15,12 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .checkpoints import save_log_rows
+
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 HISTORY_SUFFIX = ".history.csv"
 _ORDER = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_miou", "lr", "images_per_s", "seconds")
@@ -158,7 +162,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike]) -> str:
     return "\n".join(lines)
 
 
-def plot_runs(run_dirs: Sequence[str | os.PathLike], key: str = "val_acc", ax=None):
+def plot_runs(run_dirs: Sequence[str | os.PathLike], key: str = "val_acc", ax: plt.Axes | None = None) -> plt.Axes:
     """Plot `key` per epoch for every run in these folders that records it; returns the axes."""
     import matplotlib.pyplot as plt
 
