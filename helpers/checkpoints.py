@@ -147,8 +147,8 @@ def restore_missing(run_dir: str | os.PathLike, mirror_dir: str | os.PathLike | 
                     skip_suffix: str = STATE_SUFFIX) -> list[Path]:
     """Copy files the mirror holds and `run_dir` lacks into `run_dir` (a new session); returns what was copied.
 
-    Files ending in `skip_suffix` (the large resume states) are left for `TrainingFiles` to fetch
-    when a training actually resumes.
+    Files ending in `skip_suffix` (the large resume states) and the weights of trainings set aside
+    (`<run>@<tag>.pt`) are left for `TrainingFiles` to fetch when a training needs them.
     """
     if mirror_dir is None or not Path(mirror_dir).is_dir():
         return []
@@ -156,7 +156,8 @@ def restore_missing(run_dir: str | os.PathLike, mirror_dir: str | os.PathLike | 
     copied = []
     for src in sorted(Path(mirror_dir).iterdir()):
         dst = Path(run_dir) / src.name
-        if src.is_file() and not src.name.endswith(skip) and not dst.exists():
+        aside = "@" in src.name and src.name.endswith(".pt")
+        if src.is_file() and not src.name.endswith(skip) and not aside and not dst.exists():
             copy_atomic(src, dst)
             copied.append(dst)
     return copied

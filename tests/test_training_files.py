@@ -277,13 +277,13 @@ def test_the_older_one_file_checkpoint_still_resumes(tmp_path, monkeypatch):
 def test_restore_missing_copies_small_files_and_leaves_states_for_later(tmp_path):
     mirror, local = tmp_path / "mirror", tmp_path / "local"
     mirror.mkdir()
-    for name in ("a.pt", f"a{STATE_SUFFIX}", "summary.json", "b.pt.tmp"):
+    for name in ("a.pt", f"a{STATE_SUFFIX}", "summary.json", "b.pt.tmp", "a@1234abcd.pt", "a@1234abcd.history.csv"):
         (mirror / name).write_text(name)
     local.mkdir()
     (local / "summary.json").write_text("newer, local")
-    assert restore_missing(local, mirror) == [local / "a.pt"]
+    assert restore_missing(local, mirror) == [local / "a.pt", local / "a@1234abcd.history.csv"]
     assert (local / "summary.json").read_text() == "newer, local"  # a local file is never replaced
-    assert sorted(p.name for p in local.iterdir()) == ["a.pt", "summary.json"]
+    assert sorted(p.name for p in local.iterdir()) == ["a.pt", "a@1234abcd.history.csv", "summary.json"]
     assert restore_missing(local, None) == [] and restore_missing(local, tmp_path / "none") == []
 
 
