@@ -151,6 +151,7 @@ class ClassificationTask(TrainTask):
         return len(self.train)
 
     def settings(self) -> dict:
+        """What a resumed run must share with its checkpoint (see `_settings`)."""
         s = _settings(self.cfg, self.train, self.unlabeled, self.unlabeled_weight, self.threshold, self.mu)
         if not self.augment:
             s["augment"] = False  # absent when on, so that earlier checkpoints still resume
@@ -173,21 +174,25 @@ class ClassificationTask(TrainTask):
             self.align.load_state_dict(state["align"])
 
     def to_device(self, device: torch.device) -> None:
+        """Copy the caches (labeled, validation, unlabeled) to the training device."""
         self._train = self.train.to(device)
         self._val = self.val.to(device) if self.val is not None and len(self.val) else None
         self._unl = self.unlabeled.to(device) if self.unlabeled is not None else None
         self._truth = self.truth.to(device) if self.truth is not None else None
 
     def release(self) -> None:
+        """Drop the device copies once training ends."""
         self._train = self._val = self._unl = self._truth = None
 
     def start_epoch(self, steps: int, batch: int, generator: torch.Generator) -> None:
+        """A new order of the labeled (and unlabeled) images for this epoch."""
         self.perm = torch.randperm(len(self.train), generator=generator)
         self.ubatch = self.mu * batch
         self.uorder = (unlabeled_order(len(self._unl), steps * self.ubatch, generator)
                        if self._unl is not None else None)
 
     def next_batch(self, i: int, batch: int, generator: torch.Generator):
+        """Step i's augmented labeled batch and labels (and weak + strong unlabeled views with consistency on)."""
         train = self._train
         idx = self.perm[i * batch:(i + 1) * batch].to(train.images.device, non_blocking=True)
         if self.augment:
@@ -208,6 +213,7 @@ class ClassificationTask(TrainTask):
         return x, y, (xw, xs, uidx)
 
     def step_loss(self, model: nn.Module, data, channels_last: bool) -> tuple[Tensor, Tensor]:
+        """Cross-entropy on the labeled batch plus the weighted consistency loss; returns (loss, summed stats)."""
         x, y, unl = data
         batch = x.shape[0]
         if unl is not None:
@@ -241,6 +247,7 @@ class ClassificationTask(TrainTask):
         return loss, stats
 
     def train_record(self, stats: list[float], seen: int, steps: int, batch: int) -> dict:
+        """The epoch's loss and accuracy (with unlabeled images: mask rate, their loss, pseudo-label accuracy)."""
         record = {"train_loss": stats[0] / seen, "train_acc": stats[1] / seen}
         if self._unl is not None:
             n_u = steps * self.mu * batch
@@ -251,9 +258,11 @@ class ClassificationTask(TrainTask):
         return record
 
     def postfix(self, stats: list[float], seen: int) -> dict:
+        """Running loss and accuracy for the progress bar."""
         return {"loss": f"{stats[0] / seen:.3f}", "acc": f"{stats[1] / seen:.3f}"}
 
     def validate(self, model: nn.Module) -> dict:
+        """Validation loss and accuracy (NaN without validation images)."""
         if self._val is None:
             return {"val_loss": float("nan"), "val_acc": float("nan")}
         ev = evaluate(model, self._val, self.cfg, progress=False)

@@ -152,6 +152,7 @@ class SegmentationTask(TrainTask):
         return len(self.train)
 
     def settings(self) -> dict:
+        """What a resumed run must share with its checkpoint: the recipe, the mask method, the data's fingerprints."""
         cfg = self.cfg
         return {
             "task": "segmentation", "optimizer": cfg.optimizer, "lr": float(cfg.seg_lr),
@@ -168,23 +169,28 @@ class SegmentationTask(TrainTask):
         }
 
     def set_teacher(self, ema_model: nn.Module | None) -> None:
+        """With cfg.ema_teacher and unlabeled images, the EMA model's predictions become the dense targets."""
         self.teacher = ema_model if self.cfg.ema_teacher and self.unlabeled is not None else None
 
     def to_device(self, device: torch.device) -> None:
+        """Copy the caches (images with masks, validation, unlabeled) to the training device."""
         self._train = self.train.to(device)
         self._val = self.val.to(device) if self.val is not None and len(self.val) else None
         self._unl = self.unlabeled.to(device) if self.unlabeled is not None else None
 
     def release(self) -> None:
+        """Drop the device copies once training ends."""
         self._train = self._val = self._unl = None
 
     def start_epoch(self, steps: int, batch: int, generator: torch.Generator) -> None:
+        """A new order of the training (and unlabeled) images for this epoch."""
         self.perm = torch.randperm(len(self.train), generator=generator)
         self.ubatch = int(self.cfg.unlabeled_ratio) * batch
         self.uorder = (unlabeled_order(len(self._unl), steps * self.ubatch, generator)
                        if self._unl is not None else None)
 
     def next_batch(self, i: int, batch: int, generator: torch.Generator):
+        """Step i's augmented images with their masks, and unlabeled views when the dense consistency is on."""
         train = self._train
         idx = self.perm[i * batch:(i + 1) * batch].to(train.images.device, non_blocking=True)
         x, target = weak_augment(train.images[idx], train.masks[idx], self.size, generator)
@@ -194,6 +200,7 @@ class SegmentationTask(TrainTask):
         return x, target, paired_views(self._unl.images[uidx], self.size, generator)
 
     def step_loss(self, model: nn.Module, data, channels_last: bool) -> tuple[Tensor, Tensor]:
+        """Segmentation loss (foreground, class, Dice) plus dense consistency; returns (loss, summed stats)."""
         x, target, unl = data
         if unl is None:
             out = model(to_layout(x, channels_last))
@@ -219,6 +226,7 @@ class SegmentationTask(TrainTask):
         return loss, stats
 
     def train_record(self, stats: list[float], seen: int, steps: int, batch: int) -> dict:
+        """The epoch's loss and pixel accuracy (and the share of confident unlabeled pixels)."""
         record = {"train_loss": stats[0] / seen,
                   "train_pixel_acc": stats[1] / stats[2] if stats[2] > 0 else float("nan")}
         if self._unl is not None:
@@ -226,10 +234,12 @@ class SegmentationTask(TrainTask):
         return record
 
     def postfix(self, stats: list[float], seen: int) -> dict:
+        """Running loss and pixel accuracy for the progress bar."""
         return {"loss": f"{stats[0] / seen:.3f}",
                 "pix": f"{stats[1] / stats[2]:.3f}" if stats[2] > 0 else "nan"}
 
     def validate(self, model: nn.Module) -> dict:
+        """Validation mIoU of the shipped mask method, every method's mIoU and the loss (see `validate_segmenter`)."""
         if self._val is None:
             return {k: float("nan") for k in self.val_keys}
         return validate_segmenter(model, self._val, self.cfg, method=self.method, class_probs=self.class_probs,

@@ -135,6 +135,7 @@ class ContrastiveTask(TrainTask):
         return len(self.images)
 
     def settings(self) -> dict:
+        """What a resumed pretraining must share with its checkpoint."""
         cfg = self.cfg
         return {
             "task": KIND, "optimizer": cfg.optimizer, "lr": float(cfg.ssl_lr),
@@ -145,17 +146,21 @@ class ContrastiveTask(TrainTask):
         }
 
     def to_device(self, device: torch.device) -> None:
+        """Copy the images (and the kNN monitor's labeled images) to the training device."""
         self._images = self.images.images.to(device)
         if self.knn_train is not None and self.knn_val is not None and len(self.knn_val):
             self._knn_train, self._knn_val = self.knn_train.to(device), self.knn_val.to(device)
 
     def release(self) -> None:
+        """Drop the device copies once training ends."""
         self._images = self._knn_train = self._knn_val = None
 
     def start_epoch(self, steps: int, batch: int, generator: torch.Generator) -> None:
+        """A new order of the images for this epoch."""
         self.perm = torch.randperm(len(self.images), generator=generator)
 
     def next_batch(self, i: int, batch: int, generator: torch.Generator):
+        """Step i's two augmented views of a batch of images."""
         idx = self.perm[i * batch:(i + 1) * batch].to(self._images.device, non_blocking=True)
         images = self._images[idx]
         views = [contrastive_view(images, None, self.size, generator, min_scale=self.min_scale)[0]
@@ -163,6 +168,7 @@ class ContrastiveTask(TrainTask):
         return tuple(views)
 
     def step_loss(self, model: nn.Module, data, channels_last: bool) -> tuple[Tensor, Tensor]:
+        """The NT-Xent loss of the two views; returns (loss, summed stats)."""
         v1, v2 = data
         # one forward pass over both views: BatchNorm normalises them together (SimCLR's "global BN")
         z1, z2 = model(to_layout(torch.cat([v1, v2]), channels_last)).float().chunk(2)
@@ -171,12 +177,15 @@ class ContrastiveTask(TrainTask):
         return loss, stats
 
     def train_record(self, stats: list[float], seen: int, steps: int, batch: int) -> dict:
+        """The epoch's loss and partner accuracy (views whose most similar other view is their partner)."""
         return {"train_loss": stats[0] / seen, "train_partner_acc": stats[1] / (2 * seen)}
 
     def postfix(self, stats: list[float], seen: int) -> dict:
+        """Running loss and partner accuracy for the progress bar."""
         return {"loss": f"{stats[0] / seen:.3f}", "partner": f"{stats[1] / (2 * seen):.3f}"}
 
     def validate(self, model: nn.Module) -> dict:
+        """The kNN monitor's accuracy on the encoder's features (NaN without labeled images)."""
         if self._knn_val is None:
             return {"knn_acc": float("nan")}
         return {"knn_acc": knn_monitor(model.encoder, self._knn_train, self._knn_val, self.cfg, self.size)}
