@@ -258,19 +258,22 @@ class TrainingFiles:
         A training whose settings changed keeps the earlier one this way instead of overwriting it.
         """
         run = self.weights.name.removesuffix(".pt")
-        self._rename(run, f"{run}@{tag}")
+        self._rename(run, f"{run}@{tag}", RUN_FILE_SUFFIXES)  # weights first: see _rename
         return f"{run}@{tag}"
 
     def take_back(self, tag: str) -> bool:
         """Rename a training set aside as `<run>@<tag>` back to `<run>` (locally or in the mirror); whether there was one."""
         run = self.weights.name.removesuffix(".pt")
-        return self._rename(f"{run}@{tag}", run)
+        return self._rename(f"{run}@{tag}", run, (STATE_SUFFIX, ".pt", ".history.csv"))  # state first
 
-    def _rename(self, old: str, new: str) -> bool:
+    def _rename(self, old: str, new: str, suffixes: tuple[str, ...]) -> bool:
+        # The order makes a kill between two renames harmless: set aside, the weights go first (the
+        # training keeps its state, so the next start sets it aside again); taken back, the state goes
+        # first (the training resumes, its weights file re-chosen with a warning). Neither overwrites a file.
         found = False
         folders = [self.weights.parent] + ([self.mirror_dir] if self.mirror_dir is not None else [])
         for folder in folders:
-            for suffix in RUN_FILE_SUFFIXES:
+            for suffix in suffixes:
                 src = folder / f"{old}{suffix}"
                 try:
                     if src.is_file():

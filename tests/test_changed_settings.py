@@ -3,8 +3,13 @@ never overwritten and never silently reused, and taken back when its settings re
 the notebooks' exercises rely on: change one IMSUB_* setting, rerun the notebook, compare."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
 import torch
 
+from helpers.checkpoints import STATE_SUFFIX
 from helpers.classification import fit
 from helpers.engine import START_KEY, fit_task, training_tag
 from helpers.models import build_classifier, model_spec
@@ -124,3 +129,28 @@ def test_a_model_built_from_a_checkpoint_carries_its_digest(tmp_path):
     torch.save({"model": trunk}, path)
     assert new_segmenter(cfg, index, encoder_from=path).start_digest == model.start_digest
     assert model.spec == model_spec("resnet18", 3, False, 32, ["a", "b", "c"])
+
+
+def test_a_kill_between_two_renames_overwrites_nothing(tmp_path, monkeypatch):
+    cfg = _scfg(tmp_path)
+    first = fit_task(_linear(), ScriptedTask(VALUES), cfg, run_name="r", epochs=3, progress=False)
+    fit_task(_linear(), ScriptedTask(VALUES), cfg, run_name="r", epochs=4, progress=False)
+    runs = cfg.run_dir
+    aside = next(p for p in runs.glob("r@*.pt") if not p.name.endswith(STATE_SUFFIX))  # its weights file
+    saved = aside.read_bytes()
+    real_replace, calls = os.replace, []
+
+    def killed_after_one_rename(src, dst):  # taking the 3-epoch training back: killed after its first rename
+        calls.append(Path(src).name)
+        if "@" in Path(src).name and len([c for c in calls if "@" in c]) == 2:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_after_one_rename)
+    with pytest.raises(KeyboardInterrupt):
+        fit_task(_linear(), ScriptedTask(VALUES), cfg, run_name="r", epochs=3, progress=False)
+    monkeypatch.undo()
+    assert (runs / "r.resume.pt").is_file() and aside.read_bytes() == saved  # the state came back first
+    again = fit_task(_linear(), ScriptedTask(VALUES), cfg, run_name="r", epochs=3, progress=False)
+    assert again.resumed_from == 3 and aside.read_bytes() == saved  # resumed; the weights file set aside untouched
+    assert again.history == first.history
