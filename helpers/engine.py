@@ -381,7 +381,8 @@ def fit_task(
 
     if start_epoch < epochs:
         task.to_device(device)
-        tracker = Tracker(cfg, run_name, settings, start_epoch)  # <run>.history.csv, TensorBoard, W&B
+        tracker = Tracker(cfg, run_name, settings, start_epoch,  # <run>.history.csv, TensorBoard, W&B
+                          tag=training_tag(settings, spec, epochs))
         bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, desc=run_name, unit="step",
                    disable=not progress, dynamic_ncols=True)
         try:

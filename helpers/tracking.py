@@ -70,7 +70,7 @@ def _number(text: str):
 class Tracker:
     """Per-epoch logging of one training run: the CSV always, TensorBoard and W&B when configured."""
 
-    def __init__(self, cfg, run_name: str, settings: dict | None = None, start_epoch: int = 0):
+    def __init__(self, cfg, run_name: str, settings: dict | None = None, start_epoch: int = 0, tag: str = ""):
         self.path = history_path(cfg.run_dir, run_name)
         self.writer = self.wandb_run = None
         mode = str(getattr(cfg, "tensorboard", "auto")).lower()
@@ -92,7 +92,8 @@ class Tracker:
             import wandb  # only here: W&B is used when the user names a project
 
             self.wandb_run = wandb.init(project=project, name=run_name, config=settings or {}, resume="allow",
-                                        id=f"{Path(cfg.run_dir).name}-{run_name}".replace("/", "-"),
+                                        # one W&B run per training (tag: helpers.engine.training_tag), resumed
+                                        id=f"{Path(cfg.run_dir).name}-{run_name}{'-' + tag if tag else ''}".replace("/", "-"),
                                         reinit=True)
 
     def log(self, history: Sequence[dict]) -> None:

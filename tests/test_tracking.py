@@ -70,6 +70,11 @@ def test_wandb_only_when_a_project_is_named(tmp_path, monkeypatch):
     assert logged[0][0] == "init" and logged[0][1]["project"] == "imsub-demo" and logged[0][1]["name"] == "b"
     assert [step for step, _ in logged[1:]] == [1, 2] and "val_acc" in logged[1][1]
     assert finished == [True]
+    first_id = logged[0][1]["id"]
+    logged.clear()
+    fit(_tiny(), _data(48), _data(12, seed=1), _cfg(tmp_path, tensorboard="off", wandb_project="imsub-demo",
+                                                    lr=0.5), run_name="b", progress=False)
+    assert logged[0][1]["id"] != first_id  # another training under the same name: another W&B run
 
 
 def test_compare_lists_every_run_of_the_folders(tmp_path, capsys):
