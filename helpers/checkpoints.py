@@ -101,7 +101,8 @@ def load_checkpoint(path: str | os.PathLike, num_classes: int | None = None, map
 
 # ----------------------------------------------------------------------------- training files
 STATE_SUFFIX = ".resume.pt"
-RUN_FILE_SUFFIXES = (".pt", STATE_SUFFIX, ".history.csv")  # a training's files: weights, state, history
+HISTORY_SUFFIX = ".history.csv"  # per-epoch records beside the checkpoints (helpers.tracking writes them)
+RUN_FILE_SUFFIXES = (".pt", STATE_SUFFIX, HISTORY_SUFFIX)  # a training's files: weights, state, history
 SAVE_LOG = "checkpoint_log.csv"  # one row per training call that saved: what checkpointing cost
 _LOG_FIELDS = ("run", "saves", "weights_writes", "mb_local", "mb_mirrored", "seconds")
 
@@ -264,7 +265,7 @@ class TrainingFiles:
     def take_back(self, tag: str) -> bool:
         """Rename a training set aside as `<run>@<tag>` back to `<run>` (locally or in the mirror); whether there was one."""
         run = self.weights.name.removesuffix(".pt")
-        return self._rename(f"{run}@{tag}", run, (STATE_SUFFIX, ".pt", ".history.csv"))  # state first
+        return self._rename(f"{run}@{tag}", run, (STATE_SUFFIX, ".pt", HISTORY_SUFFIX))  # state first
 
     def _rename(self, old: str, new: str, suffixes: tuple[str, ...]) -> bool:
         # The order makes a kill between two renames harmless: set aside, the weights go first (the

@@ -158,7 +158,7 @@ def _changes(path: Path, ckpt: dict, spec: dict | None, settings: dict, epochs: 
 
 
 def _same_training(found: tuple[dict, Path], files: TrainingFiles, spec: dict | None, settings: dict,
-                   epochs: int, num_classes: int | None) -> tuple[dict, Path] | None:
+                   epochs: int, tag: str, num_classes: int | None) -> tuple[dict, Path] | None:
     """The state to resume: the one found if it is this training; else it is set aside as `<run>@<tag>`
     and a training with exactly these settings set aside earlier is taken back (None: train anew)."""
     ckpt, path = found
@@ -169,7 +169,7 @@ def _same_training(found: tuple[dict, Path], files: TrainingFiles, spec: dict | 
                                         int(ckpt.get("epochs", epochs))))
     print(f"{files.weights.stem}: changed since its checkpoint: {'; '.join(changes)}. The earlier training "
           f"is kept as {kept}.* in {files.weights.parent}")
-    if not files.take_back(training_tag(settings, spec, epochs)):
+    if not files.take_back(tag):
         return None
     found = files.load_state(num_classes)
     if found is not None:
@@ -327,6 +327,7 @@ def fit_task(
         settings[START_KEY] = model.start_digest
     if not cfg.select_best_epoch:
         settings["select_best_epoch"] = False  # absent when on, so that earlier checkpoints still resume
+    tag = training_tag(settings, spec, epochs)  # this training's name among those set aside (`<run>@<tag>`)
     files = TrainingFiles(cfg.run_dir, run_name, every_seconds=cfg.checkpoint_seconds,
                           mirror_dir=cfg.mirror_dir)
 
@@ -355,7 +356,7 @@ def fit_task(
     num_classes = spec["num_classes"] if spec else None
     found = files.load_state(num_classes) if resume else None
     if found is not None:
-        found = _same_training(found, files, spec, settings, epochs, num_classes)
+        found = _same_training(found, files, spec, settings, epochs, tag, num_classes)
     if found is not None:
         ckpt, path = found
         tr = ckpt["train"]
@@ -381,8 +382,7 @@ def fit_task(
 
     if start_epoch < epochs:
         task.to_device(device)
-        tracker = Tracker(cfg, run_name, settings, start_epoch,  # <run>.history.csv, TensorBoard, W&B
-                          tag=training_tag(settings, spec, epochs))
+        tracker = Tracker(cfg, run_name, settings, start_epoch, tag=tag)  # <run>.history.csv, TensorBoard, W&B
         bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, desc=run_name, unit="step",
                    disable=not progress, dynamic_ncols=True)
         try:

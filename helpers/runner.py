@@ -166,11 +166,11 @@ def run(preset: str, data_root: str | None = None, out: str | None = None,
     notebooks = list_notebooks(only)
     with _environment(settings):
         # The data first (the demo generated once): the run folder is named after its annotation file.
-        run_dir = Path(get_config().run_dir).resolve()
+        cfg = get_config()
+        run_dir = Path(cfg.run_dir).resolve()
         # Every kernel gets the run folder in its environment, which is how a later run recognises orphans.
         with _environment({ENV_PREFIX + "RUN_DIR": str(run_dir)}), folder_lock(run_dir, "run folder"):
             _clean_up_after_kill(run_dir)
-            cfg = get_config()  # resolves the data (generating the demo once) before the kernels start
             executed = (Path(out).expanduser().resolve() if out else project_root() / "build") / "notebooks"
             print(f"preset {cfg.preset}, data {cfg.data_root} ({cfg.data_source}), checkpoints {cfg.run_dir}")
             times = dict(load_record(cfg).get("stage_seconds", {}))

@@ -17,12 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoints import save_log_rows
+from .checkpoints import HISTORY_SUFFIX, save_log_rows
 
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
 
-HISTORY_SUFFIX = ".history.csv"
 _ORDER = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_miou", "lr", "images_per_s", "seconds")
 
 
