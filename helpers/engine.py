@@ -42,6 +42,7 @@ from .checkpoints import STATE_SUFFIX, SaveStats, TrainingFiles
 from .config import Config
 from .ema import EMA, cpu_state
 from .hardware import autocast, needs_grad_scaler, resolve
+from .progress import report as progress_report
 from .tracking import Tracker
 
 CHECKPOINT_FORMAT = "helpers.training/1"
@@ -409,6 +410,11 @@ def fit_task(
                 if not shown and math.isfinite(record.get("knn_acc", math.nan)):
                     shown = {"knn": f"{record['knn_acc']:.3f}"}  # pretraining: no validation metric
                 bar.set_postfix(ep=f"{epoch + 1}/{epochs}", **task.postfix(stats, seen), **shown, refresh=True)
+                trained = history[start_epoch:]  # this call's epochs time what is left (a resume skips the rest)
+                per_epoch = sum(h["seconds"] for h in trained) / len(trained)
+                progress_report(run=run_name, epoch=epoch + 1, epochs=epochs, loss=record.get("train_loss"),
+                                val=value if task.metric.startswith("val") else None, knn=record.get("knn_acc"),
+                                seconds_left=per_epoch * (epochs - epoch - 1))
                 last = epoch + 1 == epochs
                 if not files.due(last_epoch=last):
                     continue

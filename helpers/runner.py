@@ -26,6 +26,7 @@ written after each notebook (errors included) to build/notebooks/ for a look aft
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -33,6 +34,10 @@ from pathlib import Path
 
 from .config import ENV_PREFIX, project_root
 from .fileops import folder_lock
+from .metrics import NO_MASKS
+from .progress import PROGRESS_ENV, RunProgress, duration
+
+PROGRESS_FILE = "progress.json"  # in the run folder: the running training's epoch, for the progress line
 
 
 def notebooks_dir() -> Path:
@@ -86,23 +91,61 @@ def run_settings(preset: str, data_root: str | None = None, out: str | None = No
     return values
 
 
-def execute_notebook(path: Path, executed_dir: Path, timeout: int | None = None) -> float:
-    """Run one notebook in a fresh kernel; save the executed copy; return its wall time in seconds."""
+def kernel_transport(folder: str | os.PathLike):
+    """The kernels' connection: local sockets in a private folder where the OS has them, else encrypted TCP.
+
+    ipykernel warns "Kernel is running over TCP without encryption" on the default connection (TCP on
+    localhost, plain text). A headless run needs no network: on Linux and macOS the kernel talks over
+    Unix sockets (IPC) in `folder`, which only this user can open, and ipykernel has nothing to warn
+    about. Elsewhere (Windows) the kernel manager provisions CurveZMQ keys where jupyter_client and
+    pyzmq support them. Returns the traitlets Config for nbclient.
+    """
+    from traitlets.config import Config as TraitletsConfig
+
+    config = TraitletsConfig()
+    if os.name == "posix":
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = str(Path(folder) / "kernel")
+    else:
+        import zmq
+        from jupyter_client.manager import KernelManager
+
+        if KernelManager.class_traits().get("transport_encryption") is not None and zmq.has("curve"):
+            config.KernelManager.transport_encryption = "auto"
+    return config
+
+
+def execute_notebook(path: Path, executed_dir: Path, timeout: int | None = None, progress=None) -> float:
+    """Run one notebook in a fresh kernel; save the executed copy; return its wall time in seconds.
+
+    progress: a helpers.progress.RunProgress told which cell (and section) runs.
+    """
+    import tempfile
+
     import nbformat
     from nbclient import NotebookClient
+
+    from .progress import sections
 
     nb = nbformat.read(path, as_version=4)
     executed_dir.mkdir(parents=True, exist_ok=True)
     target = executed_dir / path.name
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+    where = sections(nb.cells)
+
+    def on_cell_start(cell, cell_index):
+        if progress is not None and cell.get("cell_type") == "code":
+            progress.start_cell(*where[cell_index])
+
     start = time.perf_counter()
-    try:
-        client.execute()
-    finally:
-        tmp = target.with_name(target.name + ".tmp")
-        nbformat.write(nb, tmp)  # the executed copy, errors included, for a look afterwards
-        os.replace(tmp, target)
+    with tempfile.TemporaryDirectory(prefix="imsub-kernel-") as sockets:
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", config=kernel_transport(sockets),
+                                resources={"metadata": {"path": str(path.parent)}}, on_cell_start=on_cell_start)
+        try:
+            client.execute()
+        finally:
+            tmp = target.with_name(target.name + ".tmp")
+            nbformat.write(nb, tmp)  # the executed copy, errors included, for a look afterwards
+            os.replace(tmp, target)
     return time.perf_counter() - start
 
 
@@ -176,22 +219,29 @@ def run(preset: str, data_root: str | None = None, out: str | None = None,
             times = dict(load_record(cfg).get("stage_seconds", {}))
             index = load_index(cfg.data_root)
             skipped = {}
-            for nb in notebooks:
-                print(f"== {nb.name}", flush=True)
-                missing = missing_needs(nb, index)
-                if missing:  # e.g. no train-unlabeled/: 03 has nothing to learn from; 04 and 05 go on
-                    skipped[nb.stem] = f"the dataset has no {' and no '.join(missing)} images"
-                    print(f"   skipped: {skipped[nb.stem]}", flush=True)
-                    times.pop(nb.stem, None)
-                    record(cfg, stage_seconds=times, skipped=skipped)
-                    continue
-                try:
-                    times[nb.stem] = round(execute_notebook(nb, executed), 1)
-                except Exception as exc:
-                    raise RuntimeError(f"{nb.name} failed: {str(exc)[-2000:]}\nThe executed copy with the "
-                                       f"error is {executed / nb.name}") from None
-                print(f"   done in {times[nb.stem]:.0f} s", flush=True)
-                record(cfg, stage_seconds=times, skipped=skipped, checkpoints=read_save_log(cfg.run_dir))
+            # The kernels report each training's epochs to this file; the progress line reads it.
+            progress_file = run_dir / PROGRESS_FILE
+            with _environment({PROGRESS_ENV: str(progress_file)}), \
+                    RunProgress([nb.stem for nb in notebooks], times, progress_file) as progress:
+                for nb in notebooks:
+                    progress.message(f"== {nb.name}")
+                    missing = missing_needs(nb, index)
+                    if missing:  # e.g. no train-unlabeled/: 03 has nothing to learn from; 04 and 05 go on
+                        skipped[nb.stem] = f"the dataset has no {' and no '.join(missing)} images"
+                        progress.message(f"   skipped: {skipped[nb.stem]}")
+                        progress.end_notebook(nb.stem)
+                        times.pop(nb.stem, None)
+                        record(cfg, stage_seconds=times, skipped=skipped)
+                        continue
+                    progress.start_notebook(nb.stem)
+                    try:
+                        times[nb.stem] = round(execute_notebook(nb, executed, progress=progress), 1)
+                    except Exception as exc:
+                        raise RuntimeError(f"{nb.name} failed: {str(exc)[-2000:]}\nThe executed copy with the "
+                                           f"error is {executed / nb.name}") from None
+                    progress.end_notebook(nb.stem)
+                    progress.message(f"   done in {duration(times[nb.stem])}")
+                    record(cfg, stage_seconds=times, skipped=skipped, checkpoints=read_save_log(cfg.run_dir))
             return load_record(cfg)
 
 
@@ -203,19 +253,24 @@ def format_summary(summary: dict) -> str:
               ("baseline_val_acc", "baseline classifier, validation accuracy"),
               ("ssl_val_acc", "fine-tuned from the SSL encoder, val. accuracy"),
               ("pseudo_val_acc", "after pseudo-labeling, validation accuracy"),
-              ("pseudo_precision", "pseudo-label precision (demo truth)"),
+              ("pseudo_precision", "pseudo-label precision (truth)"),
               ("pseudo_coverage", "pseudo-label coverage"),
               ("classifier", "chosen classifier"),
               ("segmenter", "chosen segmenter"), ("mask_method", "mask method"),
               ("final_classifier", "submitted: final fit on all labeled images"),
               ("final_segmenter", "submitted: final fit on all labeled masks"),
               ("val_miou", "validation mIoU"),
-              ("test_accuracy", "TEST accuracy (demo truth)"), ("test_miou", "TEST mIoU (demo truth)"),
+              ("test_accuracy", "TEST accuracy (truth)"), ("test_miou", "TEST mIoU (truth)"),
               ("submission", "submission"), ("write_seconds", "predict + write test submission (s)")]
     for key, label in labels:
-        if summary.get(key) is not None:
-            value = summary[key]
-            lines.append(f"{label:<44} {value:.3f}" if isinstance(value, float) else f"{label:<44} {value}")
+        value = summary.get(key)
+        if key == "test_miou" and summary.get("test_accuracy") is not None and not _is_number(value):
+            lines.append(f"{label:<44} {NO_MASKS}")  # scored, but the truth has classes only
+        elif isinstance(value, float):
+            if math.isfinite(value):  # NaN: nothing to show (no truth for it), so no row
+                lines.append(f"{label:<44} {value:.3f}")
+        elif value is not None:
+            lines.append(f"{label:<44} {value}")
     for name, why in summary.get("skipped", {}).items():
         lines.append(f"{'skipped: ' + name:<44} {why}")
     saved = summary.get("checkpoints") or {}
@@ -230,6 +285,10 @@ def format_summary(summary: dict) -> str:
             lines.append(f"{name:<44} {seconds:7.0f} s")
         lines.append(f"{'total':<44} {sum(stages.values()):7.0f} s")
     return "\n".join(lines)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def print_summary(run_dir: str | os.PathLike) -> None:

@@ -132,8 +132,17 @@ def test_the_first_run_on_a_fresh_checkout_uses_the_run_folder_of_every_later_ru
         monkeypatch.delenv(name, raising=False)
     seen = []
     monkeypatch.setattr(runner, "list_notebooks", lambda only=None: [REPO / "notebooks" / "00_data_exploration.ipynb"])
-    monkeypatch.setattr(runner, "execute_notebook", lambda nb, executed, timeout=None: seen.append(
+    monkeypatch.setattr(runner, "execute_notebook", lambda nb, executed, timeout=None, progress=None: seen.append(
         os.environ["IMSUB_RUN_DIR"]) or 0.0)
     runner.run("smoke", out=str(tmp_path / "out"))
     later = get_config("smoke", runs_dir=tmp_path / "out" / "runs").run_dir  # the demo exists now
     assert seen == [str(later.resolve())] and later.parent.name.startswith("demo-")
+
+
+def test_the_summary_leaves_out_rows_without_a_value_and_says_n_a_for_missing_masks():
+    text = runner.format_summary({"baseline_val_acc": 0.5, "pseudo_precision": float("nan"),
+                                  "test_accuracy": 0.61, "test_miou": None})
+    assert "pseudo-label precision" not in text and "nan" not in text  # no truth for it: no row
+    assert "TEST accuracy (truth)" in text and "0.610" in text
+    assert "TEST mIoU (truth)" in text and "n/a (no masks in the truth)" in text
+    assert "TEST mIoU" not in runner.format_summary({"baseline_val_acc": 0.5})  # not scored at all: no row
