@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -224,9 +225,11 @@ def score_submission(submission_dir: str | os.PathLike, truth_dir: str | os.Path
     """Score a submission folder (or its zip) against a truth folder in the same format.
 
     Returns accuracy, miou, iou [K], miou_present, fg_iou, pixel_acc, n_images, missing_classes,
-    missing_masks. A truth image without a (well-formed) classification entry counts as a wrong
+    missing_masks, has_masks. A truth image without a (well-formed) classification entry counts as a wrong
     class; one without a readable mask of its size counts as all-wrong pixels. If an image has
-    several entries, the last one is used (the validator reports duplicates).
+    several entries, the last one is used (the validator reports duplicates). A truth folder without
+    segmentation/ (classes only, as for photos that come without masks) scores accuracy alone: the
+    mask scores are None (shown as n/a), never a 0 that reads as a score.
     """
     submission_dir, truth_dir = Path(submission_dir), Path(truth_dir)
     if submission_dir.is_file() and zipfile.is_zipfile(submission_dir):
@@ -249,6 +252,11 @@ def score_submission(submission_dir: str | os.PathLike, truth_dir: str | os.Path
     true_labels = np.array([e["class_id"] for e in truth_entries])
     pred_labels = np.array([predicted.get(e["image"], -1) for e in truth_entries])
 
+    result = {"accuracy": accuracy(pred_labels, true_labels), "n_images": len(truth_entries),
+              "missing_classes": int((pred_labels < 0).sum()), "has_masks": (truth_dir / "segmentation").is_dir()}
+    if not result["has_masks"]:
+        return {**result, **dict.fromkeys(("miou", "iou", "miou_present", "fg_iou", "pixel_acc", "missing_masks"))}
+
     def image_counts(entry: dict) -> tuple[np.ndarray, bool]:
         stem = Path(entry["image"]).stem
         truth_path = truth_dir / "segmentation" / f"{stem}.png"
@@ -269,14 +277,15 @@ def score_submission(submission_dir: str | os.PathLike, truth_dir: str | os.Path
             score.add_counts(counts)
             missing_masks += missing
     seg = score.result()
-    return {
-        "accuracy": accuracy(pred_labels, true_labels),
-        "miou": seg["miou"],
-        "iou": seg["iou"],
-        "miou_present": seg["miou_present"],
-        "fg_iou": seg["fg_iou"],
-        "pixel_acc": seg["pixel_acc"],
-        "n_images": len(truth_entries),
-        "missing_classes": int((pred_labels < 0).sum()),
-        "missing_masks": missing_masks,
-    }
+    return {**result, **{k: seg[k] for k in ("miou", "iou", "miou_present", "fg_iou", "pixel_acc")},
+            "missing_masks": missing_masks}
+
+
+NO_MASKS = "n/a (no masks in the truth)"
+
+
+def format_score(value: float | None, digits: int = 3) -> str:
+    """A score for printing: the number, or "n/a ..." where the truth cannot give one (None, NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NO_MASKS
+    return f"{value:.{digits}f}"

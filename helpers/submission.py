@@ -404,13 +404,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(f"OK: {len(_test_images(test_dir))} images")
             return 0
-        from helpers.metrics import score_submission
+        from helpers.metrics import format_score, score_submission
 
         result = score_submission(args.folder, args.truth, args.num_classes)
         print(f"accuracy: {result['accuracy']:.4f}")
-        print(f"mIoU:     {result['miou']:.4f}")
-        print(f"images: {result['n_images']}, missing classifications: {result['missing_classes']}, "
-              f"missing/unusable masks: {result['missing_masks']}")
+        print(f"mIoU:     {format_score(result['miou'], 4)}")
+        print(f"images: {result['n_images']}, missing classifications: {result['missing_classes']}"
+              + (f", missing/unusable masks: {result['missing_masks']}" if result["has_masks"] else ""))
         return 0
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -195,3 +195,18 @@ def test_score_submission_reads_a_zip_and_names_broken_truth(tmp_path):
         score_submission(zip_path, truth, 2)
     with pytest.raises(FileNotFoundError, match="classification.json"):
         score_submission(tmp_path / "truth" / "segmentation", truth, 2)
+
+
+def test_a_truth_without_masks_scores_accuracy_alone(tmp_path):
+    from helpers.metrics import NO_MASKS, format_score
+
+    truth = tmp_path / "truth"
+    _write_folder(truth, [("a.JPEG", 1, None), ("b.JPEG", 0, None)])
+    (truth / "segmentation").rmdir()  # photos that come with classes only (nette10)
+    sub = tmp_path / "sub"
+    _write_folder(sub, [("a.JPEG", 1, [[0, 2]]), ("b.JPEG", 1, [[1, 1]])])
+    r = score_submission(sub, truth, 2)
+    assert r["accuracy"] == 0.5 and not r["has_masks"]
+    assert r["miou"] is None and r["fg_iou"] is None and r["iou"] is None  # n/a, never a 0 that reads as a score
+    assert format_score(r["miou"]) == NO_MASKS and format_score(0.25) == "0.250"
+    assert score_submission(sub, sub, 2)["has_masks"]
