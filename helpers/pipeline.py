@@ -150,9 +150,28 @@ def load_record(cfg: Config) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+INITS = ("auto", "scratch", "ssl")
+
+
+def resolved_init(cfg: Config) -> str:
+    """Where the later models start: "ssl" or "scratch"; init "auto" follows notebook 02's check.
+
+    Notebook 02 records `ssl_helps`: whether the pretrained encoder's kNN accuracy (leave-one-out over
+    the labeled images) clearly beat that of random weights. With init "auto" (the default) the
+    later notebooks start from the encoder only then; before 02 has run, or when it did not win,
+    from random weights. IMSUB_INIT=ssl or scratch forces either.
+    """
+    init = str(cfg.init).strip().lower()
+    if init not in INITS:
+        raise ValueError(f"unknown init {cfg.init!r} (cfg.init / IMSUB_INIT); choose one of {', '.join(INITS)}")
+    if init != "auto":
+        return init
+    return "ssl" if load_record(cfg).get("ssl_helps") is True else "scratch"
+
+
 def start_classifier(cfg: Config) -> str:
-    """The labeled-only classifier the later notebooks start from: 01's baseline, or 02's with init "ssl"."""
-    name = SSL_CLASSIFIER_RUN if str(cfg.init).strip().lower() == "ssl" else BASELINE_RUN
+    """The labeled-only classifier the later notebooks start from: 01's baseline, or 02's when the start is "ssl"."""
+    name = SSL_CLASSIFIER_RUN if resolved_init(cfg) == "ssl" else BASELINE_RUN
     if not checkpoint_path(cfg, name).is_file():
         producer = "02_self_supervised" if name == SSL_CLASSIFIER_RUN else "01_classifier_baseline"
         raise FileNotFoundError(f"{checkpoint_path(cfg, name)} not found: run notebook {producer} first "

@@ -68,6 +68,34 @@ def knn_accuracy(train_features: Tensor, train_labels: Tensor, query_features: T
     return float((predicted == query_labels.long()).float().mean())
 
 
+def knn_leave_one_out(features: Tensor, labels: Tensor, k: int = 20, temperature: float = 0.07) -> Tensor:
+    """Per image [N] (bool): is the weighted kNN vote of all the *other* images its class (leave-one-out)?
+
+    Every labeled image is a query once, so a few hundred labels give a few hundred votes instead of
+    the handful a validation split holds; the labels are only read.
+    """
+    x = F.normalize(features.float(), dim=1)
+    sim = (x @ x.T).fill_diagonal_(-float("inf"))  # an image is not its own neighbour
+    k = min(int(k), max(1, x.shape[0] - 1))
+    top_sim, top_idx = sim.topk(k, dim=1)
+    votes = torch.zeros(x.shape[0], int(labels.max()) + 1)
+    votes.scatter_add_(1, labels.long()[top_idx], (top_sim / temperature).exp())
+    return votes.argmax(1) == labels.long()
+
+
+def paired_gain(correct: Tensor, baseline_correct: Tensor, z: float = 2.0) -> dict:
+    """Is `correct` clearly better than `baseline_correct` on the same images? Mean gain, its standard error.
+
+    "Clearly": the mean of the per-image differences exceeds `z` standard errors of that mean (a
+    paired test, as McNemar's), so that a gain of a few lucky images on a small set does not count.
+    """
+    diff = correct.float() - baseline_correct.float()
+    n = diff.numel()
+    gain = float(diff.mean()) if n else 0.0
+    se = float(diff.std(unbiased=True) / n ** 0.5) if n > 1 else float("inf")
+    return {"gain": gain, "se": se, "n": n, "clearly_better": bool(n > 1 and gain > 0 and gain > z * se)}
+
+
 def linear_probe(train_features: Tensor, train_labels: Tensor, val_features: Tensor, val_labels: Tensor,
                  num_classes: int, weight_decay: float = 1e-3, steps: int = 100) -> dict:
     """Logistic regression on frozen, standardised features (full-batch L-BFGS, L2 penalty): train and val accuracy.

@@ -32,12 +32,12 @@ from .config import Config
 from .engine import FitResult, TrainTask, data_fingerprint, fit_task, spec_of
 from .hardware import to_layout
 from .models import build_classifier, model_spec
-from .probes import features, knn_accuracy
+from .pipeline import load_record, resolved_init
+from .probes import features, knn_accuracy, knn_leave_one_out, paired_gain
 from .transfer import load_encoder_weights
 
 SSL_RUN = "ssl_encoder"  # run name, so the checkpoint is cfg.run_dir / "ssl_encoder.pt"
 KIND = "simclr"  # model_spec["kind"] of a pretraining model
-INITS = ("scratch", "ssl")
 
 
 # ----------------------------------------------------------------------------- the method
@@ -228,6 +228,18 @@ def pretrain(
                     lr=cfg.ssl_lr, spec=spec_of(model, spec), resume=resume, progress=progress)
 
 
+def encoder_check(pretrained: Tensor, random: Tensor, labels: Tensor) -> dict:
+    """Does pretraining help? Leave-one-out kNN accuracy of the labeled images, pretrained vs random features.
+
+    `pretrained` and `random`: features [N, D] of the same labeled images (every split: the labels are
+    only read) from the pretrained encoder and from the same network at its random start. The
+    result's "clearly_better" (probes.paired_gain) is what init "auto" follows (pipeline.resolved_init).
+    """
+    ours, theirs = knn_leave_one_out(pretrained, labels), knn_leave_one_out(random, labels)
+    return {"knn_pretrained": float(ours.float().mean()), "knn_random": float(theirs.float().mean()),
+            **paired_gain(ours, theirs)}
+
+
 # ----------------------------------------------------------------------------- where later models start
 def ssl_checkpoint(cfg: Config) -> Path:
     """Where notebook 02 writes the pretrained encoder: cfg.run_dir / "ssl_encoder.pt"."""
@@ -251,13 +263,20 @@ def check_encoder_file(cfg: Config, path: str | Path, num_classes: int | None = 
     return ckpt
 
 
+def encoder_worth_trying(cfg: Config) -> bool:
+    """Whether notebook 02's encoder is a start worth training from: written, and not failed by its check (or forced)."""
+    if not ssl_checkpoint(cfg).is_file():
+        return False
+    return str(cfg.init).lower() == "ssl" or load_record(cfg).get("ssl_helps") is not False
+
+
 def start_encoder(cfg: Config, num_classes: int | None = None) -> Path | None:
-    """The encoder later models start from, by cfg.init (IMSUB_INIT): None for "scratch", the checked checkpoint for "ssl"; printed."""
-    init = str(cfg.init).lower()
-    if init not in INITS:
-        raise ValueError(f"unknown init {cfg.init!r} (cfg.init / IMSUB_INIT); choose one of {', '.join(INITS)}")
+    """The encoder later models start from (pipeline.resolved_init): None for random weights, else the checked checkpoint; printed."""
+    init = resolved_init(cfg)
     if init == "scratch":
-        print("start: random weights (init='scratch'; IMSUB_INIT=ssl starts from notebook 02's encoder)")
+        why = ("init='scratch'" if str(cfg.init).lower() == "scratch" else
+               "init='auto': notebook 02's encoder did not clearly beat random weights, or 02 has not run")
+        print(f"start: random weights ({why}; IMSUB_INIT=ssl starts from notebook 02's encoder)")
         return None
     path = ssl_checkpoint(cfg)
     ckpt = check_encoder_file(cfg, path, num_classes)

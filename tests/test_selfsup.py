@@ -249,3 +249,64 @@ def test_knn_monitor_uses_the_encoder_features(pretrained):
     expected = probes.knn_accuracy(probes.features(model.encoder, train, cfg, 32), train.labels,
                                    probes.features(model.encoder, val, cfg, 32), val.labels)
     assert selfsup.knn_monitor(model.encoder, train, val, cfg, 32) == expected
+
+
+# ----------------------------------------------------------------------------- init "auto": the encoder must beat random weights
+@pytest.fixture(scope="module")
+def learned_patterns(tmp_path_factory):
+    """A TinyEncoder before and after pretraining on the pattern images, and both features of a labeled set."""
+    tmp = tmp_path_factory.mktemp("auto")
+    cfg = _cfg(tmp, ssl_epochs=10, ssl_batch_size=16)
+    labeled = _patterns(96, seed=4)
+    model = _tiny(0)
+    random_features = probes.features(model.encoder, labeled, cfg, SIZE)
+    images = CachedImages(labeled.images, None, torch.full((96,), -1, dtype=torch.long), labeled.keys,
+                          labeled.sizes, labeled.files)
+    selfsup.pretrain(model, images, cfg, progress=False)
+    return cfg, labeled, random_features, probes.features(model.encoder, labeled, cfg, SIZE)
+
+
+def test_leave_one_out_knn_never_counts_an_image_as_its_own_neighbour():
+    features = torch.eye(4).repeat_interleave(2, 0)  # pairs of identical images
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert probes.knn_leave_one_out(features, labels, k=1).all()  # each finds its twin
+    odd = torch.tensor([0, 1, 1, 2, 2, 3, 3, 0])  # each twin pair split across classes
+    assert not probes.knn_leave_one_out(features, odd, k=1).any()  # with itself it would score 100 %
+
+
+def test_paired_gain_needs_more_than_a_few_lucky_images():
+    base = torch.zeros(100, dtype=torch.bool)
+    few = base.clone()
+    few[:3] = True
+    assert not probes.paired_gain(few, base)["clearly_better"]  # +3 points, within the noise
+    many = base.clone()
+    many[:30] = True
+    result = probes.paired_gain(many, base)
+    assert result["clearly_better"] and result["gain"] == pytest.approx(0.3) and result["n"] == 100
+    assert not probes.paired_gain(base, many)["clearly_better"]
+
+
+def test_the_encoder_check_follows_what_the_labels_can_use(learned_patterns):
+    _, labeled, random_features, pretrained = learned_patterns
+    check = selfsup.encoder_check(pretrained, random_features, labeled.labels)  # labels = the pattern kind
+    assert check["clearly_better"] and check["knn_pretrained"] > check["knn_random"] + 0.2, check
+    # A dataset where pretraining cannot help: the classes have nothing to do with what the images show.
+    unrelated = torch.randperm(96, generator=torch.Generator().manual_seed(0)) % KINDS
+    check = selfsup.encoder_check(pretrained, random_features, unrelated)
+    assert not check["clearly_better"], check
+
+
+def test_init_auto_starts_from_random_weights_unless_the_encoder_won(pretrained, capsys):
+    cfg, index, _ = pretrained
+    auto = dataclasses.replace(cfg, init="auto")
+    pipeline.record(auto, ssl_helps=False)  # what 02 records where the encoder did not beat random weights
+    assert pipeline.resolved_init(auto) == "scratch" and selfsup.start_encoder(auto) is None
+    assert "did not clearly beat random weights" in capsys.readouterr().out
+    assert not selfsup.encoder_worth_trying(auto)  # 04 trains no U-Net from it either
+    assert selfsup.encoder_worth_trying(cfg)  # IMSUB_INIT=ssl forces it
+    assert pipeline.resolved_init(cfg) == "ssl" and selfsup.start_encoder(cfg) == selfsup.ssl_checkpoint(cfg)
+    pipeline.record(auto, ssl_helps=True)
+    assert pipeline.resolved_init(auto) == "ssl" and selfsup.start_encoder(auto) == selfsup.ssl_checkpoint(cfg)
+    assert selfsup.encoder_worth_trying(auto)
+    (cfg.run_dir / pipeline.SUMMARY_FILE).unlink()  # before 02 has run: random weights
+    assert pipeline.resolved_init(auto) == "scratch"
