@@ -118,8 +118,11 @@ def main(argv=None) -> int:
     parser.add_argument("--hold-out", action="store_true",
                         help="train on our training split only (cfg.val_per_class images per class left out, "
                              "as ours does): separates the labels from the recipe")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         import segmentation_models_pytorch  # noqa: F401
     except ImportError:
