@@ -48,7 +48,7 @@ def run_one(set_dir: Path, name: str, env: dict[str, str], seed: int, args) -> d
     if result_file.is_file():
         return json.loads(result_file.read_text())
     out.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     data_root = set_dir / "ImageNet-Subset"
     environment = {**os.environ, **env, "IMSUB_SEED": str(seed), "IMSUB_TRUTH_ROOT": str(set_dir / "truth"),
                    "IMSUB_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
@@ -128,6 +128,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-plain", action="store_true", help="leave out the plain pipeline")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores / jobs threads)")
+    parser.add_argument("--threads", type=int, default=0, help="threads per run (default: cores / jobs)")
     parser.add_argument("--realdata", default=None, help="the folder of the sets (default ../shared/realdata)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--report", action="store_true", help="only print the table of the finished runs")

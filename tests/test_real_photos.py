@@ -37,6 +37,6 @@ def test_the_table_gives_means_differences_and_n_a(tmp_path):
 
 def test_a_finished_run_is_read_back_not_run_again(tmp_path):
     _result(tmp_path / "out" / "tiny10" / "main" / "s0", 0.3, 0.2)
-    args = real_photos.argparse.Namespace(out=str(tmp_path / "out"), jobs=1, preset="cpu")
+    args = real_photos.argparse.Namespace(out=str(tmp_path / "out"), jobs=1, preset="cpu", threads=0)
     result = real_photos.run_one(tmp_path / "tiny10", "main", {}, 0, args)  # no photos there: it would fail if run
     assert result["test_accuracy"] == 0.3
