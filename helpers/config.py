@@ -118,7 +118,7 @@ PRESETS: dict[str, dict] = {
                   warmup_epochs=0, ssl_epochs=2, ssl_image_size=24, ssl_batch_size=32),
     # minutes on a 2-core laptop CPU: a real run on the demo data (`make run`)
     "cpu": dict(image_size=64, epochs=100, pseudo_epochs=60, seg_epochs=60, batch_size=32,
-                checkpoint_seconds=20.0, ssl_epochs=30, ssl_image_size=48, ssl_batch_size=64),
+                checkpoint_seconds=115.0, ssl_epochs=30, ssl_image_size=48, ssl_batch_size=64),
     # a Colab T4 / Kaggle GPU: the full run on the real data (not yet timed on a GPU)
     "gpu": dict(image_size=160, epochs=150, pseudo_epochs=100, seg_epochs=100, batch_size=64,
                 ema_decay=0.999, checkpoint_seconds=110.0, ssl_epochs=200, ssl_batch_size=256,

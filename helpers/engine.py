@@ -237,6 +237,24 @@ def _resumed_best(ckpt: dict, path: Path, files: TrainingFiles, best_key: str, t
     return _no_best(), False
 
 
+def _finished(found: tuple[dict, Path], files: TrainingFiles, tag: str,
+              num_classes: int | None) -> tuple[dict, Path] | None:
+    """A finished training's state (no tensors), if its weights file holds the best epoch it records; else None.
+
+    A take-back killed after its first rename left the state in place and the weights still set
+    aside as `<run>@<tag>.pt`: the take-back is completed first.
+    """
+    ckpt, path = found
+    if not files.weights.is_file():
+        files.take_back(tag)
+    weights = files.load_weights(num_classes)
+    if weights is not None and int(weights.get("best_epoch", -1)) == int(ckpt["best_epoch"]):
+        return found
+    warnings.warn(f"{path} records a finished training whose weights {files.weights} are missing or not its "
+                  "best epoch's; it trains anew", stacklevel=3)
+    return None
+
+
 class TrainTask:
     """What `fit_task` needs from a training objective: data, per-step loss, validation, best-epoch metric.
 
@@ -358,7 +376,15 @@ def fit_task(
     found = files.load_state(num_classes) if resume else None
     if found is not None:
         found = _same_training(found, files, spec, settings, epochs, tag, num_classes)
-    if found is not None:
+    if found is not None and found[0].get("train") is None:
+        found = _finished(found, files, tag, num_classes)
+    if found is not None and found[0].get("train") is None:  # finished: the record and the best weights
+        ckpt, path = found
+        start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
+        best, best_dirty = _resumed_best(ckpt, path, files, best_key, tie_key, num_classes, None)
+        if progress:
+            print(f"{path}: finished after {start_epoch}/{epochs} epochs, best epoch {best['epoch']}")
+    elif found is not None:
         ckpt, path = found
         tr = ckpt["train"]
         try:
@@ -423,9 +449,10 @@ def fit_task(
                 # the last one (a resumed run takes them from the state; see _resumed_best).
                 held = best["epoch"] == epoch + 1 and not last
                 head = _head(run_name, spec, settings, epoch + 1, epochs, history, best, best_key, tie_key)
-                files.save({**head, "train": {
-                    # a finished run needs no optimizer moments (two more copies of the model): left out
-                    "model": cpu_state(model), "optimizer": None if last else optimizer.state_dict(),
+                # A finished training resumes nothing: its state keeps the record alone ("train": None), the
+                # weights file the result; the model, EMA and optimizer moments (3-4 model copies) are not written.
+                files.save({**head, "train": None if last else {
+                    "model": cpu_state(model), "optimizer": optimizer.state_dict(),
                     "task": task.state_dict(), "scaler": scaler.state_dict(),
                     "ema": ema.state_dict() if ema else None, "step": step, "rng": _rng_state(generator, device)}},
                     weights={**head, "model": best["state"]} if best_dirty and not held else None)

@@ -152,5 +152,6 @@ def test_a_kill_between_two_renames_overwrites_nothing(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert (runs / "r.resume.pt").is_file() and aside.read_bytes() == saved  # the state came back first
     again = fit_task(_linear(), ScriptedTask(VALUES), cfg, run_name="r", epochs=3, progress=False)
-    assert again.resumed_from == 3 and aside.read_bytes() == saved  # resumed; the weights file set aside untouched
+    # the next start completes the take-back: the very weights file comes back, nothing retrained or overwritten
+    assert again.resumed_from == 3 and (runs / "r.pt").read_bytes() == saved and not aside.exists()
     assert again.history == first.history

@@ -320,12 +320,27 @@ def test_step_loss_is_supervised_plus_weighted_consistency_from_the_weak_view(tm
     assert stats[2] == mask.sum() == 6
 
 
-def test_fit_returns_the_ema_weights(tmp_path):
+def test_fit_returns_the_ema_weights(tmp_path, monkeypatch):
     """Fails if fit hands back the raw weights instead of their moving average."""
+    import helpers.engine as engine
+
+    emas = []
+
+    class WatchedEMA(engine.EMA):
+        """The EMA as the engine runs it, also keeping the raw weights of its last update."""
+
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            emas.append(self)
+
+        def update(self, model):
+            super().update(model)
+            self.raw = engine.cpu_state(model)
+
+    monkeypatch.setattr(engine, "EMA", WatchedEMA)
     cfg = _cfg(tmp_path, epochs=3, ema_decay=0.5)
     result = fit(_tiny(), _data(32), None, cfg, run_name="ema", progress=False)
-    state = torch.load(result.resume_file, weights_only=True)
-    ema_state, raw_state = state["train"]["ema"]["model"], state["train"]["model"]
+    ema_state, raw_state = engine.cpu_state(emas[0].model), emas[0].raw
     assert any(not torch.equal(ema_state[k], raw_state[k]) for k in raw_state if raw_state[k].is_floating_point())
     for k, v in result.model.state_dict().items():
         assert torch.equal(v, ema_state[k]), k
@@ -433,7 +448,8 @@ def test_fixed_schedule_keeps_the_last_epoch(tmp_path):
     result = fit(_tiny(), data, val, cfg, run_name="last", progress=False)
     ckpt, state = (torch.load(f, weights_only=True) for f in (result.checkpoint, result.resume_file))
     assert result.best_epoch == 4 and ckpt["settings"]["select_best_epoch"] is False
+    assert ckpt["best_epoch"] == state["epoch"] == 4  # no EMA: the last epoch's weights themselves
     for k, v in result.model.state_dict().items():
-        assert torch.equal(v, state["train"]["model"][k]), k  # no EMA: the last weights themselves
+        assert torch.equal(v, ckpt["model"][k]), k
     other = fit(_tiny(), data, val, _cfg(tmp_path, epochs=4), run_name="last", progress=False)
     assert other.resumed_from == 0  # the other rule is another training

@@ -108,7 +108,7 @@ def _fp16_on_cpu(monkeypatch) -> None:
 def test_fp16_training_uses_a_grad_scaler_and_resumes_it_exactly(tmp_path, monkeypatch):
     from helpers.engine import fit_task
 
-    from .resume import assert_identical_runs, crash_after_saves
+    from .resume import assert_identical_runs, crash_after_saves, last_resumable, record_states
     from .test_training_files import ScriptedTask, _scfg
 
     _fp16_on_cpu(monkeypatch)
@@ -127,15 +127,17 @@ def test_fp16_training_uses_a_grad_scaler_and_resumes_it_exactly(tmp_path, monke
             assert model(data[0]).dtype == torch.float16  # autocast really ran in fp16
             return loss, stats
 
+    states = record_states(monkeypatch)
     straight = run("a")
-    scaler = torch.load(straight.resume_file, weights_only=True)["train"]["scaler"]
+    scaler = last_resumable(states)["scaler"]  # after epoch 5
     assert scaler["scale"] < 65536.0  # it backed off: the scaler's state matters for an exact resume
     crash_after_saves(monkeypatch, lambda: run("b"), saves=3)
     assert torch.load(tmp_path / "b" / "runs" / "fp16.resume.pt", weights_only=True)["train"]["scaler"]["scale"] > 0
+    del states[:]
     resumed = run("b", first_epoch=3)
     assert resumed.resumed_from == 3
     assert_identical_runs(straight, resumed)
-    assert torch.load(resumed.resume_file, weights_only=True)["train"]["scaler"] == scaler
+    assert last_resumable(states)["scaler"] == scaler
 
 
 def test_bf16_and_fp32_need_no_scaler_state(tmp_path, monkeypatch):
@@ -144,8 +146,12 @@ def test_bf16_and_fp32_need_no_scaler_state(tmp_path, monkeypatch):
 
     from .test_training_files import ScriptedTask, _scfg
 
+    from .resume import last_resumable, record_states
+
+    states = record_states(monkeypatch)
     for dtype in (None, torch.bfloat16):
         monkeypatch.setattr(engine, "resolve", lambda cfg, dtype=dtype: (CPU, dtype, False))
-        result = fit_task(torch.nn.Linear(4, 1), ScriptedTask([0.1, 0.2]), _scfg(tmp_path / str(dtype)),
-                          run_name="x", epochs=2, progress=False)
-        assert torch.load(result.resume_file, weights_only=True)["train"]["scaler"] == {}
+        del states[:]
+        fit_task(torch.nn.Linear(4, 1), ScriptedTask([0.1, 0.2]), _scfg(tmp_path / str(dtype)),
+                 run_name="x", epochs=2, progress=False)
+        assert last_resumable(states)["scaler"] == {}

@@ -117,7 +117,7 @@ def test_best_weights_are_written_only_when_they_improve(tmp_path, monkeypatch):
     assert weights["best_epoch"] == state["best_epoch"] == result.best_epoch == 5
     assert "train" not in weights and "model" not in state  # each file carries only its own part
     assert state["epoch"] == weights["epoch"] == 6
-    assert state["train"]["optimizer"] is None  # a finished run keeps no optimizer moments
+    assert state["train"] is None  # a finished run keeps no tensors in its state: no model, EMA or optimizer moments
     assert stats.bytes_local > 0 and stats.bytes_mirrored == 0
     # the two checkpoint files, the per-epoch history (helpers.tracking) and, when installed, TensorBoard's folder
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()
@@ -230,9 +230,17 @@ def test_a_finished_run_keeps_no_optimizer_state_and_reruns_without_training(tmp
     cfg, values = _scfg(tmp_path), [0.1, 0.2, 0.3, 0.4, 0.5]
     first = fit_task(_linear(), ScriptedTask(values), cfg, run_name="f", epochs=3, progress=False)
     state = torch.load(first.resume_file, weights_only=True)
-    assert state["epoch"] == 3 and state["train"]["optimizer"] is None and state["train"]["model"]
+    assert state["epoch"] == 3 and state["train"] is None and state["history"]
+    assert first.resume_file.stat().st_size < 20_000  # the record alone, no tensors
     again = fit_task(_linear(), ScriptedTask(values), cfg, run_name="f", epochs=3, progress=False)
     assert again.resumed_from == 3 and len(again.history) == 3  # finished: returned without training
+    for k, v in first.model.state_dict().items():
+        assert torch.equal(v, again.model.state_dict()[k]), k  # the best weights, from the weights file
+    # its weights file lost: the finished state alone cannot stand in for it, so it trains anew, saying why
+    first.checkpoint.unlink()
+    with pytest.warns(UserWarning, match="trains anew"):
+        anew = fit_task(_linear(), ScriptedTask(values), cfg, run_name="f", epochs=3, progress=False)
+    assert anew.resumed_from == 0 and anew.checkpoint.is_file()
     # more epochs are another schedule: a new training (tests/test_changed_settings.py), no continuation
     longer = fit_task(_linear(), ScriptedTask(values), cfg, run_name="f", epochs=5, progress=False)
     assert longer.resumed_from == 0 and len(longer.history) == 5
@@ -248,11 +256,11 @@ def test_lost_best_weights_are_chosen_again_with_a_warning(tmp_path, monkeypatch
                           progress=False)
     assert result.best_epoch == 4  # the best of the epochs trained after the loss
     assert torch.load(cfg.run_dir / "l.pt", weights_only=True)["best_epoch"] == 4
-    # a finished run without its weights file: the final weights stand in for the best
+    # a finished run without its weights file: its state keeps no weights to stand in, so it trains anew
     (cfg.run_dir / "l.pt").unlink()
-    with pytest.warns(UserWarning, match="does not hold the best weights"):
-        again = fit_task(_linear(), ScriptedTask([]), cfg, run_name="l", epochs=5, progress=False)
-    assert again.best_epoch == 5 and (cfg.run_dir / "l.pt").is_file()
+    with pytest.warns(UserWarning, match="weights .*l.pt are missing .* it trains anew"):
+        again = fit_task(_linear(), ScriptedTask(values), cfg, run_name="l", epochs=5, progress=False)
+    assert again.resumed_from == 0 and again.best_epoch == 1 and (cfg.run_dir / "l.pt").is_file()
 
 
 def test_the_older_one_file_checkpoint_still_resumes(tmp_path, monkeypatch):
