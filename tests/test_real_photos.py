@@ -40,3 +40,13 @@ def test_a_finished_run_is_read_back_not_run_again(tmp_path):
     args = real_photos.argparse.Namespace(out=str(tmp_path / "out"), jobs=1, preset="cpu", threads=0)
     result = real_photos.run_one(tmp_path / "tiny10", "main", {}, 0, args)  # no photos there: it would fail if run
     assert result["test_accuracy"] == 0.3
+
+
+def test_the_difference_to_plain_uses_only_the_seeds_both_have(tmp_path):
+    _result(tmp_path / "t" / "main" / "s0", 0.5, 0.3)
+    for seed, acc in enumerate([0.4, 0.1]):  # plain's seed 1 alone would drag its mean down
+        _result(tmp_path / "t" / "plain" / f"s{seed}", acc, 0.2, seed=seed)
+    table = real_photos.report("t", real_photos.collect(tmp_path, "t", ["main", "plain"], [0, 1]), [0, 1])
+    main_row = next(line for line in table.splitlines() if line.startswith("| main"))
+    assert "+0.100 (on 1 of 2 seeds)" in main_row and "+0.250" not in main_row
+
