@@ -58,7 +58,7 @@ class Config:
     distribution_alignment: bool = True  # ReMixMatch's alignment of the weak-view probabilities (won 3 of 3 seeds, README)
     ema_teacher: bool = False  # targets from the weight EMA's predictions (needs ema_decay > 0)
     # self-supervised pretraining (notebook 02, helpers.selfsup: SimCLR)
-    init: str = "auto"  # where 03 and 04 start: "auto" (02's encoder where it clearly beats random weights), "ssl", "scratch"
+    init: str = "ssl"  # where 03 and 04 start: "ssl" (02's encoder), "scratch", or "auto" (the encoder only where 02's check finds it clearly better)
     ssl_epochs: int = 100
     ssl_image_size: int = 0  # side of the pretraining views; 0: image_size
     ssl_batch_size: int = 128  # images per step (2 views each); SimCLR wants large batches
@@ -239,7 +239,7 @@ def get_config(preset: str | None = None, *, prepare_data: bool = True, **overri
     return cfg
 
 
-DEFAULT_INIT = "auto"
+DEFAULT_INIT = "ssl"
 
 
 def run_folder_name(preset: str, init: str) -> str:
@@ -247,7 +247,7 @@ def run_folder_name(preset: str, init: str) -> str:
 
     Runs that start from another encoder choose other teachers and classifiers, so they get their own
     folder: switching IMSUB_INIT never meets the checkpoints of the other start. The default start
-    ("auto") keeps the plain preset name.
+    ("ssl") keeps the plain preset name.
     """
     init = str(init).strip().lower()
     return preset if init in ("", DEFAULT_INIT) else f"{preset}-{init}"
