@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -173,6 +174,23 @@ def test_ensure_demo_generates_only_when_needed(tmp_path, monkeypatch):
     demo.ensure_demo(out, **{**params, "num_test": 4})  # other parameters -> regenerated
     assert len(calls) == 2 and (root / "test" / "00003.JPEG").is_file()
     assert json.loads((out / "demo_info.json").read_text())["params"]["num_test"] == 4
+    assert not list(tmp_path.glob(".d.partial*"))
+
+
+def test_two_processes_asking_at_once_generate_the_demo_once(tmp_path):
+    """Two notebooks (or test workers) on a fresh checkout: one generates, the other waits and reuses it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from helpers.demo import ensure_demo; "
+            "ensure_demo(sys.argv[1], num_classes=2, per_class=3, num_unlabeled=30, num_test=30, workers=1)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "d")], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=env) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sum("demo data: 66 images" in out for out in outputs) == 1, outputs  # generated once
+    assert len(list((tmp_path / "d" / "ImageNet-Subset" / "test").iterdir())) == 30
     assert not list(tmp_path.glob(".d.partial*"))
 
 

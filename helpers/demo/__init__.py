@@ -22,6 +22,7 @@ gets fewer kinds). Their masks still match the image size. demo_info.json lists 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -234,8 +235,29 @@ def generate_demo(out_dir: Path, num_classes: int = 10, per_class: int = 10, num
     return out_dir / DATASET_DIRNAME
 
 
+@contextlib.contextmanager
+def _generation_lock(out_dir: Path):
+    """One process generates a demo folder at a time; the others wait, then find it made (posix; elsewhere no wait)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.parent / f".{out_dir.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_demo(out_dir: Path, **params) -> Path:
-    """Return the demo's ImageNet-Subset root, generating it only if missing or made with other parameters."""
+    """Return the demo's ImageNet-Subset root, generating it only if missing or made with other parameters.
+
+    Safe when several processes ask at once (two notebooks opened on a fresh checkout, parallel test
+    workers): one generates, the others wait for it instead of swapping a second copy in under it.
+    """
     gen_keys = ("num_classes", "per_class", "num_unlabeled", "num_test", "seed", "full")
     defaults = dict(num_classes=10, per_class=10, num_unlabeled=400, num_test=150, seed=0, full=False)
     unknown = set(params) - set(gen_keys) - {"progress", "workers"}
@@ -243,11 +265,18 @@ def ensure_demo(out_dir: Path, **params) -> Path:
         raise TypeError(f"ensure_demo: unknown parameters {sorted(unknown)}")
     wanted = _resolve_params(**{**defaults, **{k: v for k, v in params.items() if k in gen_keys}})
     out_dir = Path(out_dir)
-    marker = _read_marker(out_dir)
-    if (marker is not None and marker.get("version") == DEMO_VERSION and marker.get("params") == wanted
-            and (out_dir / DATASET_DIRNAME).is_dir()):
+
+    def made() -> bool:
+        marker = _read_marker(out_dir)
+        return (marker is not None and marker.get("version") == DEMO_VERSION and marker.get("params") == wanted
+                and (out_dir / DATASET_DIRNAME).is_dir())
+
+    if made():
         return (out_dir / DATASET_DIRNAME).absolute()
-    return generate_demo(out_dir, **{**defaults, **params})
+    with _generation_lock(out_dir):
+        if made():  # another process made it while this one waited
+            return (out_dir / DATASET_DIRNAME).absolute()
+        return generate_demo(out_dir, **{**defaults, **params})
 
 
 def main(argv: list[str] | None = None) -> None:
