@@ -28,9 +28,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+# nbformat validates notebooks with jsonschema, which imports rfc3987_syntax where installed (it
+# comes with JupyterLab); that module compiles about 35 Lark grammars at import, 1-2 s of every
+# runner start (python-jsonschema/jsonschema#1428). It checks only the "iri" formats, which no
+# notebook schema uses, and jsonschema does without it (an ImportError it expects).
+sys.modules.setdefault("rfc3987_syntax", None)
 
 from .config import ENV_PREFIX, project_root
 from .fileops import folder_lock

@@ -85,7 +85,7 @@ def test_a_second_run_on_the_same_run_folder_stops_and_changes_nothing(tmp_path,
     assert first.returncode == 0 and not (run_dir / "run.lock").exists()
 
 
-def test_a_dataset_without_unlabeled_images_runs_end_to_end(tmp_path):
+def test_a_dataset_without_unlabeled_images_runs_end_to_end(tmp_path, small_demo):
     """No train-unlabeled/: the runner skips 03 (its metadata needs unlabeled images), 04 and 05 go on.
 
     With IMSUB_FINAL_FIT=1, so that notebook 05's final fit runs too: it retrains 02's classifier
@@ -94,12 +94,8 @@ def test_a_dataset_without_unlabeled_images_runs_end_to_end(tmp_path):
     import json
     import shutil
 
-    from helpers.config import demo_dir, project_root
-    from helpers.demo import ensure_demo
-
-    source = ensure_demo(demo_dir(project_root()))
     data = tmp_path / "ImageNet-Subset"
-    shutil.copytree(source, data, ignore=shutil.ignore_patterns("train-unlabeled"))
+    shutil.copytree(small_demo, data, ignore=shutil.ignore_patterns("train-unlabeled"))
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "helpers", "run", "--preset", "smoke", "--data-root", str(data),
                            "--out", str(out)], env={**ENV, "IMSUB_INIT": "ssl", "IMSUB_FINAL_FIT": "1"},
@@ -125,9 +121,13 @@ def test_a_dataset_without_unlabeled_images_runs_end_to_end(tmp_path):
 
 def test_the_first_run_on_a_fresh_checkout_uses_the_run_folder_of_every_later_run(tmp_path, monkeypatch):
     """The demo is generated before the run folder is named: a first run killed midway resumes."""
+    from .conftest import SMALL_DEMO
+    from helpers import demo
     from helpers.config import get_config
 
     monkeypatch.setenv("IMSUB_ROOT", str(tmp_path))  # no demo data yet
+    real_ensure_demo = demo.ensure_demo  # generated small here: its size does not matter to the order
+    monkeypatch.setattr(demo, "ensure_demo", lambda out, **params: real_ensure_demo(out, **{**params, **SMALL_DEMO}))
     for name in ("IMSUB_RUN_DIR", "IMSUB_RUNS_DIR", "IMSUB_DATA_ROOT", "IMSUB_INIT"):
         monkeypatch.delenv(name, raising=False)
     seen = []
@@ -146,3 +146,14 @@ def test_the_summary_leaves_out_rows_without_a_value_and_says_n_a_for_missing_ma
     assert "TEST accuracy (truth)" in text and "0.610" in text
     assert "TEST mIoU (truth)" in text and "n/a (no masks in the truth)" in text
     assert "TEST mIoU" not in runner.format_summary({"baseline_val_acc": 0.5})  # not scored at all: no row
+
+
+def test_the_runner_starts_without_compiling_rfc3987_grammars():
+    """nbformat's jsonschema would import rfc3987_syntax (1-2 s of Lark grammars per start); the runner blocks it."""
+    code = ("import sys, helpers.runner, nbclient, nbformat; "
+            "nbformat.validate(nbformat.read(sys.argv[1], as_version=4)); "
+            "print(sorted(m for m in ('rfc3987_syntax', 'lark') if sys.modules.get(m)))")
+    done = subprocess.run([sys.executable, "-c", code, str(REPO / "notebooks" / "03_pseudo_labeling.ipynb")],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
