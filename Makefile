@@ -22,9 +22,14 @@ PRESET ?= cpu
 run: venv
 	$(PY) -m helpers run --preset $(PRESET)
 
+# Two workers (pytest-xdist), one torch thread each: the notebooks run in order on one of them
+# (tests/conftest.py) while the test files share the other; the notebooks come first on the line so
+# that they start first. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 test: venv
 	rm -rf runs/smoke* runs/*/smoke*
-	IMSUB_PRESET=smoke $(PY) -m pytest -q -m "not browser" tests --nbval-lax --nbval-current-env notebooks
+	IMSUB_PRESET=smoke OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not browser" -n $(TEST_WORKERS) \
+		--nbval-lax --nbval-current-env notebooks tests
 
 # Needs a Chromium on the PATH (Debian/Ubuntu: `sudo apt-get install chromium`); no browser is downloaded.
 test-browser: venv

@@ -69,8 +69,8 @@ class Attempt:
 class Job:
     """`python -m helpers run --preset smoke --out OUT` with the fault hooks, started and killed at will."""
 
-    def __init__(self, out: Path, python: str = sys.executable, preset: str = "smoke"):
-        self.out, self.python, self.preset = out, python, preset
+    def __init__(self, out: Path, python: str = sys.executable, preset: str = "smoke", data_root: Path | None = None):
+        self.out, self.python, self.preset, self.data_root = out, python, preset, data_root
         self.faults = out.with_name(out.name + "-events")
         self.faults.mkdir(parents=True, exist_ok=True)
         self.run_dir = str((out / "runs" / preset).resolve())
@@ -83,8 +83,9 @@ class Job:
                 "IMSUB_FAULT_ARM": arm, "PYTHONUNBUFFERED": "1"}
 
     def command(self) -> list[str]:
-        """The headless job."""
-        return [self.python, "-m", "helpers", "run", "--preset", self.preset, "--out", str(self.out)]
+        """The headless job (on the demo data, or on `data_root` where given)."""
+        where = ["--data-root", str(self.data_root)] if self.data_root else []
+        return [self.python, "-m", "helpers", "run", "--preset", self.preset, "--out", str(self.out), *where]
 
     def events(self, since: float = 0.0, until: float = float("inf")) -> list[dict]:
         """Hook events logged between two times."""

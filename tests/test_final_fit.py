@@ -11,11 +11,11 @@ from helpers.checkpoints import load_checkpoint
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, small_demo):
     """A smoke run folder holding 01's baseline, and the final fit of a pseudo-label round + U-Net from it."""
     folder = tmp_path_factory.mktemp("final_fit")
-    cfg = helpers.get_config("smoke", run_dir=folder, init="scratch", epochs=1, pseudo_epochs=1, seg_epochs=1,
-                             tensorboard="off")
+    cfg = helpers.get_config("smoke", data_root=small_demo, run_dir=folder, init="scratch", epochs=1,
+                             pseudo_epochs=1, seg_epochs=1, tensorboard="off")
     data = pipeline.load_run_data(cfg, unlabeled=True, progress=False)
     helpers.seed_everything(cfg.seed)
     classification.fit(pipeline.new_classifier(cfg, data.index), data.train, data.val, cfg,
