@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--data-root", default=None, help="dataset in the challenge layout (default: found, else demo)")
     run.add_argument("--out", default=None, help="folder for runs/, cache/, submission/ (default: the repository)")
     run.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 04,05")
+    run.add_argument("--again", action="store_true",
+                     help="execute every notebook, also those a stopped run finished (by default it continues "
+                          "at the notebook it stopped in)")
     summary = sub.add_parser("summary", help="print the summary of a finished run")
     summary.add_argument("--run-dir", default=None, help="default: runs/<dataset>/<preset> of the current config")
     summary.add_argument("--preset", default=None, choices=["smoke", "cpu", "gpu"], help="as for run")
@@ -35,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         from .fileops import FolderInUseError
 
         try:
-            result = runner.run(preset, args.data_root, args.out, args.only.split(",") if args.only else None)
+            result = runner.run(preset, args.data_root, args.out, args.only.split(",") if args.only else None,
+                                again=args.again)
         except FolderInUseError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 3

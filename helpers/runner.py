@@ -201,11 +201,41 @@ def missing_needs(path: Path, index) -> list[str]:
     return [need for need in notebook_needs(path) if not have.get(need, True)]
 
 
+def notebook_fingerprint(path: Path, code: str) -> str:
+    """What a finished notebook's result depends on: its cells, the helpers code (`code_digest`), the IMSUB_ settings."""
+    import dataclasses
+    import hashlib
+
+    from .config import Config
+
+    digest = hashlib.sha256(path.read_bytes() + code.encode())
+    for name in sorted(ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Config)):
+        if name in os.environ and name != ENV_PREFIX + "RUN_DIR":  # the run folder is the record's own place
+            digest.update(f"{name}={os.environ[name]}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def code_digest() -> str:
+    """A hash of every helpers/*.py file (names and contents)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def run(preset: str, data_root: str | None = None, out: str | None = None,
-        only: list[str] | None = None) -> dict:
+        only: list[str] | None = None, again: bool = False) -> dict:
     """Execute the notebooks for a preset/data/output, then return the run's summary with stage times.
 
-    Raises helpers.fileops.FolderInUseError when another run uses the same run folder.
+    A run stopped midway (killed, or a notebook failed) continues at the notebook it stopped in: the
+    notebooks it finished before are not executed again where their cells, the helpers code and the
+    IMSUB_ settings are unchanged (`notebook_fingerprint`, kept in the run record) and their executed
+    copies exist. A finished run started again executes every notebook (they reuse the checkpoints),
+    as does `again=True` (`--again`) or `only`. Raises helpers.fileops.FolderInUseError when another
+    run uses the same run folder.
     """
     from .checkpoints import read_save_log
     from .config import get_config
@@ -226,6 +256,12 @@ def run(preset: str, data_root: str | None = None, out: str | None = None,
             times = dict(load_record(cfg).get("stage_seconds", {}))
             index = load_index(cfg.data_root)
             skipped = {}
+            code = code_digest()
+            prints = {nb.stem: notebook_fingerprint(nb, code) for nb in notebooks}
+            done = dict(load_record(cfg).get("notebooks_done", {}))
+            runnable = [nb for nb in notebooks if not missing_needs(nb, index)]
+            # Resume only a run that stopped midway: a finished one runs again in full.
+            resuming = not (again or only) and not all(done.get(nb.stem) == prints[nb.stem] for nb in runnable)
             # The kernels report each training's epochs to this file; the progress line reads it.
             progress_file = run_dir / PROGRESS_FILE
             with _environment({PROGRESS_ENV: str(progress_file)}), \
@@ -240,6 +276,14 @@ def run(preset: str, data_root: str | None = None, out: str | None = None,
                         times.pop(nb.stem, None)
                         record(cfg, stage_seconds=times, skipped=skipped)
                         continue
+                    if resuming and done.get(nb.stem) == prints[nb.stem] and (executed / nb.name).is_file():
+                        progress.message("   finished by an earlier start of this run, nothing changed since: "
+                                         "not executed again (--again executes every notebook)")
+                        progress.end_notebook(nb.stem)
+                        continue
+                    resuming = False  # from here on every notebook runs: each reads what the one before wrote
+                    done = {name: value for name, value in done.items() if name < nb.stem}
+                    record(cfg, notebooks_done=done)
                     progress.start_notebook(nb.stem)
                     try:
                         times[nb.stem] = round(execute_notebook(nb, executed, progress=progress), 1)
@@ -248,7 +292,9 @@ def run(preset: str, data_root: str | None = None, out: str | None = None,
                                            f"error is {executed / nb.name}") from None
                     progress.end_notebook(nb.stem)
                     progress.message(f"   done in {duration(times[nb.stem])}")
-                    record(cfg, stage_seconds=times, skipped=skipped, checkpoints=read_save_log(cfg.run_dir))
+                    done[nb.stem] = prints[nb.stem]
+                    record(cfg, stage_seconds=times, skipped=skipped, checkpoints=read_save_log(cfg.run_dir),
+                           notebooks_done=done)
             return load_record(cfg)
 
 

@@ -157,3 +157,43 @@ def test_the_runner_starts_without_compiling_rfc3987_grammars():
                           capture_output=True, text=True, env=ENV, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_a_stopped_run_continues_at_the_notebook_it_stopped_in(tmp_path, monkeypatch, small_demo):
+    """Notebooks finished before a stop are not executed again, unless their cells, the code or a setting changed."""
+    for name in ("IMSUB_RUN_DIR", "IMSUB_RUNS_DIR", "IMSUB_INIT", "IMSUB_EPOCHS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("IMSUB_ROOT", str(REPO))
+    notebooks = sorted((REPO / "notebooks").glob("0[0-3]_*.ipynb"))  # 00-03: enough for the order
+    monkeypatch.setattr(runner, "list_notebooks", lambda only=None: notebooks)
+    seen, fail_at = [], {"02_self_supervised"}
+
+    def execute(nb, executed, timeout=None, progress=None):
+        seen.append(nb.stem[:2])
+        if nb.stem in fail_at:
+            fail_at.discard(nb.stem)
+            raise RuntimeError("the kernel died")
+        executed.mkdir(parents=True, exist_ok=True)
+        (executed / nb.name).write_text("{}")
+        return 0.0
+
+    monkeypatch.setattr(runner, "execute_notebook", execute)
+    start = lambda **kw: runner.run("smoke", str(small_demo), str(tmp_path / "out"), **kw)  # noqa: E731
+    with pytest.raises(RuntimeError, match="02_self_supervised.ipynb failed"):
+        start()
+    assert seen == ["00", "01", "02"]
+    start()  # continues at 02
+    assert seen[3:] == ["02", "03"]
+    start()  # a finished run runs in full again
+    assert seen[5:] == ["00", "01", "02", "03"]
+    fail_at.add("01_classifier_baseline")
+    with pytest.raises(RuntimeError):
+        start()
+    monkeypatch.setenv("IMSUB_EPOCHS", "3")  # another setting: nothing counts as finished
+    start()
+    assert seen[9:] == ["00", "01", "00", "01", "02", "03"]
+    fail_at.add("03_pseudo_labeling")
+    with pytest.raises(RuntimeError):
+        start()
+    start(again=True)  # --again: every notebook
+    assert seen[15:] == ["00", "01", "02", "03", "00", "01", "02", "03"]
