@@ -122,6 +122,22 @@ def kernel_transport(folder: str | os.PathLike):
     return config
 
 
+SOCKETS_PREFIX = "imsub-kernel-"  # + the runner's pid: the kernels' socket folder in the temp folder
+
+
+def _remove_stale_socket_folders() -> None:
+    """Remove the kernel socket folders that killed runners left in the temp folder (their pid is gone)."""
+    import shutil
+    import tempfile
+
+    from .fileops import pid_alive
+
+    for folder in Path(tempfile.gettempdir()).glob(SOCKETS_PREFIX + "*-*"):
+        pid = folder.name[len(SOCKETS_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def execute_notebook(path: Path, executed_dir: Path, timeout: int | None = None, progress=None) -> float:
     """Run one notebook in a fresh kernel; save the executed copy; return its wall time in seconds.
 
@@ -144,7 +160,8 @@ def execute_notebook(path: Path, executed_dir: Path, timeout: int | None = None,
             progress.start_cell(*where[cell_index])
 
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="imsub-kernel-") as sockets:
+    _remove_stale_socket_folders()
+    with tempfile.TemporaryDirectory(prefix=f"{SOCKETS_PREFIX}{os.getpid()}-") as sockets:
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", config=kernel_transport(sockets),
                                 resources={"metadata": {"path": str(path.parent)}}, on_cell_start=on_cell_start)
         try:
