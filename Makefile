@@ -23,8 +23,8 @@ run: venv
 	$(PY) -m helpers run --preset $(PRESET)
 
 # Two workers (pytest-xdist), one torch thread each: the notebooks run in order on one of them
-# (tests/conftest.py) while the test files share the other; the notebooks come first on the line so
-# that they start first. TEST_WORKERS=0 runs everything in this process.
+# (tests/conftest.py), the test files go to whichever worker is free; the notebooks come first on
+# the line so that they start first. TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
 test: venv
 	rm -rf runs/smoke* runs/*/smoke*

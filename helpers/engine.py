@@ -98,7 +98,7 @@ def build_optimizer(model: nn.Module, cfg: Config, lr: float | None = None) -> t
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     if name == "adamw":
         # One fused kernel per step where torch has it (CPU, CUDA): the same update as the per-tensor
-        # loop, about 6x faster on a CPU (a resnet18 step's update: 0.19 s -> 0.03 s, benchmarks/optimizer_step.py).
+        # loop, 5.4x faster on 2 CPU threads for resnet18 (benchmarks/optimizer_step.py, docs/speed.md).
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=fused or None)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose 'sgd' or 'adamw'")

@@ -270,24 +270,25 @@ def run(preset: str, data_root: str | None = None, out: str | None = None,
             _clean_up_after_kill(run_dir)
             executed = (Path(out).expanduser().resolve() if out else project_root() / "build") / "notebooks"
             print(f"preset {cfg.preset}, data {cfg.data_root} ({cfg.data_source}), checkpoints {cfg.run_dir}")
-            times = dict(load_record(cfg).get("stage_seconds", {}))
+            earlier = load_record(cfg)
+            times = dict(earlier.get("stage_seconds", {}))
+            done = dict(earlier.get("notebooks_done", {}))
             index = load_index(cfg.data_root)
             skipped = {}
+            missing = {nb.stem: missing_needs(nb, index) for nb in notebooks}
             code = code_digest()
             prints = {nb.stem: notebook_fingerprint(nb, code) for nb in notebooks}
-            done = dict(load_record(cfg).get("notebooks_done", {}))
-            runnable = [nb for nb in notebooks if not missing_needs(nb, index)]
             # Resume only a run that stopped midway: a finished one runs again in full.
-            resuming = not (again or only) and not all(done.get(nb.stem) == prints[nb.stem] for nb in runnable)
+            resuming = not (again or only) and not all(done.get(stem) == prints[stem]
+                                                       for stem in prints if not missing[stem])
             # The kernels report each training's epochs to this file; the progress line reads it.
             progress_file = run_dir / PROGRESS_FILE
             with _environment({PROGRESS_ENV: str(progress_file)}), \
                     RunProgress([nb.stem for nb in notebooks], times, progress_file) as progress:
                 for nb in notebooks:
                     progress.message(f"== {nb.name}")
-                    missing = missing_needs(nb, index)
-                    if missing:  # e.g. no train-unlabeled/: 03 has nothing to learn from; 04 and 05 go on
-                        skipped[nb.stem] = f"the dataset has no {' and no '.join(missing)} images"
+                    if missing[nb.stem]:  # e.g. no train-unlabeled/: 03 has nothing to learn from; 04 and 05 go on
+                        skipped[nb.stem] = f"the dataset has no {' and no '.join(missing[nb.stem])} images"
                         progress.message(f"   skipped: {skipped[nb.stem]}")
                         progress.end_notebook(nb.stem)
                         times.pop(nb.stem, None)

@@ -199,20 +199,25 @@ def test_a_stopped_run_continues_at_the_notebook_it_stopped_in(tmp_path, monkeyp
     assert seen[15:] == ["00", "01", "02", "03", "00", "01", "02", "03"]
 
 
-def test_socket_folders_of_killed_runners_are_removed(tmp_path, monkeypatch):
+def test_socket_folders_of_killed_runners_are_removed(monkeypatch):
+    import shutil
     import tempfile
 
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    stale = tmp_path / f"{runner.SOCKETS_PREFIX}{_dead_pid()}-x1"  # its runner was killed
-    live = tmp_path / f"{runner.SOCKETS_PREFIX}{os.getppid()}-x2"  # a runner still running
-    other = tmp_path / "imsub-kernel-notes"
-    for folder in (stale, live, other):
-        folder.mkdir()
-        (folder / "kernel-1").write_text("")
     import nbformat
 
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])
-    nbformat.write(nb, tmp_path / "01_x.ipynb")
-    runner.execute_notebook(tmp_path / "01_x.ipynb", tmp_path / "executed")  # a run's next notebook
-    assert not stale.exists() and live.is_dir() and other.is_dir()
-    assert not list(tmp_path.glob(f"{runner.SOCKETS_PREFIX}{os.getpid()}-*"))  # its own folder is gone too
+    # A short temp folder: a Unix socket's path must stay under ~107 characters (tmp_path under xdist is longer).
+    short = Path(tempfile.mkdtemp(prefix="sk-"))
+    monkeypatch.setattr(tempfile, "tempdir", str(short))
+    try:
+        stale = short / f"{runner.SOCKETS_PREFIX}{_dead_pid()}-x1"  # its runner was killed
+        live = short / f"{runner.SOCKETS_PREFIX}{os.getppid()}-x2"  # a runner still running
+        other = short / "imsub-kernel-notes"
+        for folder in (stale, live, other):
+            folder.mkdir()
+            (folder / "kernel-1").write_text("")
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")]), short / "01_x.ipynb")
+        runner.execute_notebook(short / "01_x.ipynb", short / "executed")  # a run's next notebook
+        assert not stale.exists() and live.is_dir() and other.is_dir()
+        assert not list(short.glob(f"{runner.SOCKETS_PREFIX}{os.getpid()}-*"))  # its own folder is gone too
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
