@@ -104,13 +104,14 @@ def kernel_transport(folder: str | os.PathLike):
     ipykernel warns "Kernel is running over TCP without encryption" on the default connection (TCP on
     localhost, plain text). A headless run needs no network: on Linux and macOS the kernel talks over
     Unix sockets (IPC) in `folder`, which only this user can open, and ipykernel has nothing to warn
-    about. Elsewhere (Windows) the kernel manager provisions CurveZMQ keys where jupyter_client and
-    pyzmq support them. Returns the traitlets Config for nbclient.
+    about. Elsewhere (Windows), or where `folder` is too deep for a socket's path (a long $TMPDIR),
+    the kernel manager provisions CurveZMQ keys where jupyter_client and pyzmq support them, else
+    TCP on localhost. Returns the traitlets Config for nbclient.
     """
     from traitlets.config import Config as TraitletsConfig
 
     config = TraitletsConfig()
-    if os.name == "posix":
+    if os.name == "posix" and ipc_path_fits(folder):
         config.KernelManager.transport = "ipc"
         config.KernelManager.ip = str(Path(folder) / "kernel")
     else:
@@ -120,6 +121,15 @@ def kernel_transport(folder: str | os.PathLike):
         if KernelManager.class_traits().get("transport_encryption") is not None and zmq.has("curve"):
             config.KernelManager.transport_encryption = "auto"
     return config
+
+
+def ipc_path_fits(folder: str | os.PathLike) -> bool:
+    """Whether the kernel's sockets in `folder` (named kernel-<n>) have short enough paths to be opened."""
+    import zmq
+
+    # sun_path: 108 bytes on Linux, 104 on macOS, the trailing NUL included; pyzmq knows this system's.
+    limit = getattr(zmq, "IPC_PATH_MAX_LEN", 0) or 103
+    return len(os.fsencode(str(Path(folder) / "kernel-99"))) <= limit
 
 
 SOCKETS_PREFIX = "imsub-kernel-"  # + the runner's pid: the kernels' socket folder in the temp folder

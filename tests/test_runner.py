@@ -221,3 +221,20 @@ def test_socket_folders_of_killed_runners_are_removed(monkeypatch):
         assert not list(short.glob(f"{runner.SOCKETS_PREFIX}{os.getpid()}-*"))  # its own folder is gone too
     finally:
         shutil.rmtree(short, ignore_errors=True)
+
+
+def test_a_deep_temp_folder_falls_back_to_tcp(monkeypatch, tmp_path):
+    import tempfile
+
+    import nbformat
+
+    # $TMPDIR so deep that a Unix socket's path in it would not open (sun_path holds ~104 bytes).
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    assert not runner.ipc_path_fits(deep / f"{runner.SOCKETS_PREFIX}123-abcdefgh")
+    assert runner.kernel_transport(deep).KernelManager.get("transport") != "ipc"
+    assert runner.kernel_transport("/tmp/sk").KernelManager.transport == "ipc"
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")]), deep / "01_x.ipynb")
+    runner.execute_notebook(deep / "01_x.ipynb", deep / "executed")
+    assert "42" in str(nbformat.read(deep / "executed" / "01_x.ipynb", as_version=4).cells[0].outputs)
