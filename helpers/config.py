@@ -74,6 +74,7 @@ class Config:
     # run
     select_best_epoch: bool = True  # keep the epoch with the best validation score; False: the last (EMA) weights
     final_fit: bool = False  # 05 trains the chosen classifier and U-Net again on all labeled images (on in the gpu preset)
+    final_fit_fraction: float = 1.0  # 1: the final fit retrains from the start; < 1: it continues the chosen models for that share of their epochs, at that share of the lr
     seed: int = 0
     # 0: the resume state after every epoch; > 0: at most that often, and always before the unsaved
     # training would exceed it (so a kill loses at most this much), and after the last epoch
