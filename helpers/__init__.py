@@ -23,7 +23,7 @@ The map: one module per concern, in the order the notebooks meet them.
       pseudo           offline pseudo-labels: threshold, per-class cap, precision and coverage
       segmentation     the U-Net: build, segmentation loss, `fit_segmenter`, validation
       mask_prediction  from U-Net outputs to masks: flip TTA, mask methods, original-size masks, scoring
-      final_fit        the chosen classifier and U-Net trained once more on every labeled image (notebook 05; on in the gpu preset)
+      final_fit        the chosen classifier and U-Net trained once more on every labeled image (notebook 05; retrained in the gpu preset, continued in the cpu preset)
       analysis         looking inside a model: per-class table, feature distances, nearest images, layer shapes, per-image IoU
     Results
       metrics          accuracy, confusion matrix, mIoU exactly as the ImageNet-S evaluator, submission scoring

@@ -157,7 +157,7 @@ def resolved_init(cfg: Config) -> str:
     """Where the later models start: "ssl" or "scratch"; init "auto" follows notebook 02's check.
 
     Notebook 02 records `ssl_helps`: whether the pretrained encoder's kNN accuracy (leave-one-out over
-    the labeled images) clearly beat that of random weights. With init "auto" (IMSUB_INIT=auto) the
+    the labeled images) clearly beat that of random weights. With init "auto" (the default) the
     later notebooks start from the encoder only then; before 02 has run, or when it did not win,
     from random weights. IMSUB_INIT=ssl or scratch forces either.
     """

@@ -71,9 +71,9 @@ def test_runs_are_kept_per_dataset(monkeypatch, tmp_path):
     (tmp_path / "demo" / "demo_info.json").write_text("{}")
     cfg_real, cfg_demo = get_config("gpu", data_root=real), get_config("gpu", data_root=demo)
     assert cfg_real.run_dir == tmp_path / "repo" / "runs" / cfg_real.dataset_tag / "gpu"
-    # the default start is the pretrained encoder; a start from random weights is another run: its own folder
-    assert cfg_real.init == "ssl" and get_config("gpu", data_root=real, init="scratch").run_dir == cfg_real.run_dir.with_name("gpu-scratch")
-    assert get_config("gpu", data_root=real, init="auto").run_dir == cfg_real.run_dir.with_name("gpu-auto")
+    # the default start follows 02's check; a forced start is another run: its own folder
+    assert cfg_real.init == "auto" and get_config("gpu", data_root=real, init="scratch").run_dir == cfg_real.run_dir.with_name("gpu-scratch")
+    assert get_config("gpu", data_root=real, init="ssl").run_dir == cfg_real.run_dir.with_name("gpu-ssl")
     assert cfg_real.dataset_tag.startswith("ImageNet-Subset-") and cfg_demo.dataset_tag.startswith("demo-")
     assert cfg_real.run_dir != cfg_demo.run_dir
     # the same data elsewhere (Drive, /content, /kaggle/input) is the same run: its checkpoints are found

@@ -15,12 +15,12 @@ def run(tmp_path_factory, small_demo):
     """A smoke run folder holding 01's baseline, and the final fit of a pseudo-label round + U-Net from it."""
     folder = tmp_path_factory.mktemp("final_fit")
     cfg = helpers.get_config("smoke", data_root=small_demo, run_dir=folder, init="scratch", epochs=1,
-                             pseudo_epochs=1, seg_epochs=1, tensorboard="off")
+                             pseudo_epochs=1, seg_epochs=1, tensorboard="off", final_fit_fraction=1.0)
     data = pipeline.load_run_data(cfg, unlabeled=True, progress=False)
     helpers.seed_everything(cfg.seed)
     classification.fit(pipeline.new_classifier(cfg, data.index), data.train, data.val, cfg,
                        run_name=pipeline.BASELINE_RUN, progress=False)
-    names = final_fit.fit_chosen(cfg, data, "classifier_pseudo_r1", "unet_from_classifier")
+    names = final_fit.fit_chosen(cfg, data, "classifier_pseudo_r1", "unet_from_classifier")  # the retrain
     return cfg, data, names
 
 

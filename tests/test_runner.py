@@ -88,7 +88,8 @@ def test_a_second_run_on_the_same_run_folder_stops_and_changes_nothing(tmp_path,
 def test_a_dataset_without_unlabeled_images_runs_end_to_end(tmp_path, small_demo):
     """No train-unlabeled/: the runner skips 03 (its metadata needs unlabeled images), 04 and 05 go on.
 
-    With IMSUB_FINAL_FIT=1, so that notebook 05's final fit runs too: it retrains 02's classifier
+    With the final fit as a retrain (IMSUB_FINAL_FIT_FRACTION=1; the notebooks' smoke runs take the
+    cpu preset's continue mode), so that notebook 05's retrain runs too: it retrains 02's classifier
     and the chosen U-Net on all labeled images and submits them.
     """
     import json
@@ -98,7 +99,7 @@ def test_a_dataset_without_unlabeled_images_runs_end_to_end(tmp_path, small_demo
     shutil.copytree(small_demo, data, ignore=shutil.ignore_patterns("train-unlabeled"))
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "helpers", "run", "--preset", "smoke", "--data-root", str(data),
-                           "--out", str(out)], env={**ENV, "IMSUB_INIT": "ssl", "IMSUB_FINAL_FIT": "1"},
+                           "--out", str(out)], env={**ENV, "IMSUB_INIT": "ssl", "IMSUB_FINAL_FIT": "1", "IMSUB_FINAL_FIT_FRACTION": "1"},
                           capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
