@@ -17,7 +17,6 @@ algorithm 7.3): a fraction of the cost, where a run's time is short.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -30,8 +29,10 @@ from .pipeline import (
     SSL_CLASSIFIER_RUN,
     RunData,
     checkpoint_path,
+    keys_digest,
     load_classifier,
     new_classifier,
+    pseudo_label_tensors,
     start_classifier,
     stored_pseudo_labels,
 )
@@ -39,7 +40,8 @@ from .transfer import state_digest
 
 PREFIX = "final_"
 PSEUDO_PREFIX = "classifier_pseudo_r"
-UNET_STARTS = ("unet_scratch", "unet_from_ssl", "unet_from_classifier", "unet_semi")
+SEMI_UNET = "unet_semi"  # the U-Net that also learns from unlabeled images (cfg.seg_consistency_weight)
+UNET_STARTS = ("unet_scratch", "unet_from_ssl", "unet_from_classifier", SEMI_UNET)
 
 
 def all_labeled(data: RunData) -> cache.CachedImages:
@@ -79,10 +81,9 @@ def round_pseudo_labels(cfg: Config, data: RunData, chosen: str) -> tuple[torch.
         raise FileNotFoundError(f"{path} is missing: the final fit continues {chosen} on the pseudo-labels it "
                                 "trained on; run notebook 03 again (or set IMSUB_FINAL_FIT_FRACTION=1 to retrain)")
     stored = json.loads(path.read_text())
-    keys_sha1 = hashlib.sha1("\n".join(data.unlabeled.keys).encode()).hexdigest()
-    if stored.get("keys_sha1") != keys_sha1:
+    if stored.get("keys_sha1") != keys_digest(data.unlabeled.keys):
         raise ValueError(f"{path} was selected from other unlabeled images than this run's; run notebook 03 again")
-    return torch.tensor(stored["indices"], dtype=torch.long), torch.tensor(stored["labels"], dtype=torch.long)
+    return pseudo_label_tensors(stored)
 
 
 def continue_classifier(cfg: Config, data: RunData, chosen: str) -> str:
@@ -108,7 +109,7 @@ def continue_segmenter(cfg: Config, data: RunData, chosen: str) -> str:
     model = _start_from_own_weights(segmentation.load_segmenter(cfg, chosen, data.index.num_classes))
     segmentation.fit_segmenter(model, all_labeled(data), None, _continued_cfg(cfg), run_name=run,
                                epochs=_share(cfg, cfg.seg_epochs),
-                               unlabeled=data.unlabeled if chosen == "unet_semi" else None)
+                               unlabeled=data.unlabeled if chosen == SEMI_UNET else None)
     return run
 
 
@@ -161,7 +162,7 @@ def fit_segmenter(cfg: Config, data: RunData, chosen: str, classifier_run: str) 
     model = segmentation.new_segmenter(cfg, data.index, encoder_from=encoder_from)
     run = PREFIX + chosen
     segmentation.fit_segmenter(model, all_labeled(data), None, cfg, run_name=run,
-                               unlabeled=data.unlabeled if chosen == "unet_semi" else None)
+                               unlabeled=data.unlabeled if chosen == SEMI_UNET else None)
     return run
 
 

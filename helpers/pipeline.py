@@ -184,6 +184,16 @@ def chosen_classifier(cfg: Config) -> str:
     return load_record(cfg).get("classifier") or start_classifier(cfg)
 
 
+def keys_digest(keys: list[str]) -> str:
+    """The SHA-1 of a list of image keys: which unlabeled images a stored pseudo-label selection indexes."""
+    return hashlib.sha1("\n".join(keys).encode()).hexdigest()
+
+
+def pseudo_label_tensors(stored: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, labels) of a stored pseudo-label selection, as long tensors."""
+    return torch.tensor(stored["indices"], dtype=torch.long), torch.tensor(stored["labels"], dtype=torch.long)
+
+
 def stored_pseudo_labels(cfg: Config, name: str, teacher_run: str, keys: list[str], select,
                          settings: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices, labels) of a pseudo-label selection, stored in run_dir/<name>.json and reused while valid.
@@ -196,11 +206,11 @@ def stored_pseudo_labels(cfg: Config, name: str, teacher_run: str, keys: list[st
     path = Path(cfg.run_dir) / f"{name}.json"
     teacher = checkpoint_path(cfg, teacher_run)
     stamp = {"teacher": teacher.name, "teacher_sha1": hashlib.sha1(teacher.read_bytes()).hexdigest(),
-             "keys_sha1": hashlib.sha1("\n".join(keys).encode()).hexdigest(), "settings": settings or {}}
+             "keys_sha1": keys_digest(keys), "settings": settings or {}}
     if path.is_file():
         stored = json.loads(path.read_text())
         if all(stored.get(k) == v for k, v in stamp.items()):
-            return torch.tensor(stored["indices"], dtype=torch.long), torch.tensor(stored["labels"], dtype=torch.long)
+            return pseudo_label_tensors(stored)
     indices, labels = select()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -115,6 +115,16 @@ def test_a_continued_final_fit_names_a_missing_pseudo_label_file(first_pass, tmp
         final_fit.continue_classifier(moved, data, "classifier_pseudo_r1")
 
 
+def test_a_continued_final_fit_refuses_pseudo_labels_of_other_unlabeled_images(first_pass, tmp_path):
+    cfg, data, _ = first_pass
+    stored = json.loads((cfg.run_dir / "pseudo_labels_r1.json").read_text())
+    (tmp_path / "pseudo_labels_r1.json").write_text(json.dumps({**stored, "keys_sha1": "0" * 40}))
+    moved = helpers.get_config("smoke", data_root=cfg.data_root, run_dir=tmp_path, init="scratch",
+                               tensorboard="off", final_fit_fraction=0.5)
+    with pytest.raises(ValueError, match="pseudo_labels_r1.json was selected from other unlabeled images"):
+        final_fit.round_pseudo_labels(moved, data, "classifier_pseudo_r1")
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.5, -1.0])
 def test_a_final_fit_fraction_outside_zero_to_one_is_refused(fraction):
     cfg = helpers.get_config("smoke", prepare_data=False, final_fit_fraction=fraction)
