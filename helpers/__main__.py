@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--again", action="store_true",
                      help="execute every notebook, also those a stopped run finished (by default it continues "
                           "at the notebook it stopped in)")
+    run.add_argument("--side-runs", action="store_true",
+                     help="also the comparisons no later step uses (01's classifier without augmentation), "
+                          "as in JupyterLab; same as IMSUB_SIDE_RUNS=1")
     summary = sub.add_parser("summary", help="print the summary of a finished run")
     summary.add_argument("--run-dir", default=None, help="default: runs/<dataset>/<preset> of the current config")
     summary.add_argument("--preset", default=None, choices=["smoke", "cpu", "gpu"], help="as for run")
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             result = runner.run(preset, args.data_root, args.out, args.only.split(",") if args.only else None,
-                                again=args.again)
+                                again=args.again, side_runs=args.side_runs)
         except FolderInUseError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 3

@@ -72,6 +72,7 @@ class Config:
     seg_consistency_threshold: float = 0.95  # confidence a pixel's weak-view guess needs to become a target
     mask_method: str = "fg+class"  # the shipped masks (helpers.mask_prediction.METHODS); picks the U-Net's best epoch
     # run
+    side_runs: bool = True  # the notebooks' comparisons no later step uses (01's classifier without augmentation); `python -m helpers run` skips them
     select_best_epoch: bool = True  # keep the epoch with the best validation score; False: the last (EMA) weights
     final_fit: bool = False  # 05 trains the chosen classifier and U-Net again on all labeled images (on in the cpu and gpu presets)
     final_fit_fraction: float = 1.0  # 1: the final fit retrains from the start; < 1: it continues the chosen models for that share of their epochs, at that share of the lr

@@ -81,13 +81,18 @@ def _environment(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def run_settings(preset: str, data_root: str | None = None, out: str | None = None) -> dict[str, str]:
+def run_settings(preset: str, data_root: str | None = None, out: str | None = None,
+                 side_runs: bool = False) -> dict[str, str]:
     """The IMSUB_* variables of a run: preset, data root and, with `out`, every output folder under it.
 
     With `out`, the run folders go under out/runs, named as by default (<dataset>/<preset>, with
     "-scratch" for IMSUB_INIT=scratch): demo and real runs, or two starts, never share one.
+    The main job leaves out the comparisons that no later step uses (`Config.side_runs`) unless
+    `side_runs` or $IMSUB_SIDE_RUNS asks for them: they feed no choice and no submission.
     """
     values = {ENV_PREFIX + "PRESET": preset}
+    if side_runs or not os.environ.get(ENV_PREFIX + "SIDE_RUNS"):
+        values[ENV_PREFIX + "SIDE_RUNS"] = "1" if side_runs else "0"
     if data_root:
         values[ENV_PREFIX + "DATA_ROOT"] = str(Path(data_root).expanduser().resolve())
     if out:
@@ -254,7 +259,7 @@ def code_digest() -> str:
 
 
 def run(preset: str, data_root: str | None = None, out: str | None = None,
-        only: list[str] | None = None, again: bool = False) -> dict:
+        only: list[str] | None = None, again: bool = False, side_runs: bool = False) -> dict:
     """Execute the notebooks for a preset/data/output, then return the run's summary with stage times.
 
     A run stopped midway (killed, or a notebook failed) continues at the notebook it stopped in: the
@@ -269,7 +274,7 @@ def run(preset: str, data_root: str | None = None, out: str | None = None,
     from .data import load_index
     from .pipeline import load_record, record
 
-    settings = run_settings(preset, data_root, out)
+    settings = run_settings(preset, data_root, out, side_runs)
     notebooks = list_notebooks(only)
     with _environment(settings):
         # The data first (the demo generated once): the run folder is named after its annotation file.

@@ -143,3 +143,19 @@ def test_summary_command_and_the_runner_find_the_run(monkeypatch, tmp_path, caps
     monkeypatch.delenv("IMSUB_RUNS_DIR")  # a new shell: `summary --out` finds the run by itself
     assert main(["summary", "--out", str(tmp_path / "out")]) == 0
     assert "classifier_out" in capsys.readouterr().out
+
+
+def test_the_main_job_skips_side_runs_unless_asked(monkeypatch):
+    """`python -m helpers run` sets IMSUB_SIDE_RUNS=0; --side-runs or a user's IMSUB_SIDE_RUNS=1 keeps them."""
+    from helpers.runner import run_settings
+
+    monkeypatch.delenv("IMSUB_SIDE_RUNS", raising=False)
+    assert run_settings("cpu")["IMSUB_SIDE_RUNS"] == "0"
+    assert run_settings("cpu", side_runs=True)["IMSUB_SIDE_RUNS"] == "1"
+    monkeypatch.setenv("IMSUB_SIDE_RUNS", "1")  # the user's setting stands
+    assert "IMSUB_SIDE_RUNS" not in run_settings("cpu")
+    monkeypatch.setenv("IMSUB_SIDE_RUNS", "0")
+    assert run_settings("cpu", side_runs=True)["IMSUB_SIDE_RUNS"] == "1"  # the flag wins over the environment
+    assert get_config("smoke", prepare_data=False).side_runs is False
+    monkeypatch.delenv("IMSUB_SIDE_RUNS")
+    assert get_config("smoke", prepare_data=False).side_runs is True  # notebooks in JupyterLab run them

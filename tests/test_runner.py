@@ -118,6 +118,10 @@ def test_a_dataset_without_unlabeled_images_runs_end_to_end(tmp_path, small_demo
     assert saved["trainings"] >= 6 and saved["saves"] >= saved["trainings"] and saved["mb_local"] > 0
     assert "checkpoints written (this run folder)" in done.stdout
     assert "submitting the final fits on all" in json.dumps(executed["cells"])
+    # the main job leaves out 01's comparison without augmentation (IMSUB_SIDE_RUNS=0): no later step uses it
+    first = json.dumps(json.loads((out / "notebooks" / "01_classifier_baseline.ipynb").read_text())["cells"])
+    assert "skipped in the main job" in first
+    assert not list(out.glob("runs/*/*/classifier_no_augmentation*"))
 
 
 def test_the_first_run_on_a_fresh_checkout_uses_the_run_folder_of_every_later_run(tmp_path, monkeypatch):
