@@ -123,7 +123,7 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(image_size=64, epochs=100, pseudo_epochs=60, seg_epochs=60, batch_size=32,
                 checkpoint_seconds=115.0, ssl_epochs=30, ssl_image_size=48, ssl_batch_size=64,
                 # real photos (docs/real-photos.md): the final fit won every seed on tiny10 and butterfly10;
-                # continuing for half the epochs brings `make run` to about 15 minutes (a retrain: 18)
+                # continuing for half the epochs brings `make run` to 13 min 53 s, main job without side runs (a retrain: 18 min)
                 final_fit=True, final_fit_fraction=0.5),
     # a Colab T4 / Kaggle GPU: the full run on the real data (not yet timed on a GPU)
     "gpu": dict(image_size=160, epochs=150, pseudo_epochs=100, seg_epochs=100, batch_size=64,
