@@ -14,7 +14,7 @@ The map: one module per concern, in the order the notebooks meet them.
       augment          batched on-device augmentation: affine warp (image and mask alike), colour, RandAugment, cutout, blur
       models           the ResNet classifier and the U-Net on the same ResNet trunk
       transfer         encoder transfer between classifiers, U-Nets and weight files, with a load report
-      engine           the training loop every model uses: schedule, mixed precision, best epoch, checkpoints, resume
+      engine           the training loop every model uses: schedule, mixed precision, kept epoch, checkpoints, resume
       ema              the exponential moving average of a model's weights
       selfsup          SimCLR pretraining of the encoder from the images alone (notebook 02), `start_encoder` by cfg.init
       probes           frozen-feature checks without training the network: kNN accuracy, linear probe, PCA

@@ -3,7 +3,8 @@
 `fit_task(model, task, cfg, run_name=...)` runs any `TrainTask` (helpers.classification's classifier,
 helpers.segmentation's U-Net): AdamW or SGD, linear warmup then per-step cosine decay, mixed
 precision and channels_last as helpers.hardware decides, gradient clipping, an optional weight EMA
-(helpers.ema), validation after every epoch, the best epoch's weights, checkpoints and exact resume.
+(helpers.ema), validation after every epoch, the kept weights (the best epoch's, or the last's with
+cfg.select_best_epoch off, as in every preset), checkpoints and exact resume.
 
 Conventions:
 - The model's description (helpers.models.model_spec) is taken from `spec=`, else from an attribute

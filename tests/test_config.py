@@ -8,6 +8,13 @@ from helpers.config import PRESETS, get_config, project_root
 from tests.test_data import make_dataset
 
 
+def test_smoke_takes_the_cpu_presets_path():
+    """The notebook tests (smoke) run the code `make run` (cpu) runs: the final fit and the kept epoch."""
+    for key in ("final_fit", "final_fit_fraction", "select_best_epoch"):
+        assert key in PRESETS["cpu"] and PRESETS["smoke"].get(key) == PRESETS["cpu"][key], key
+    assert PRESETS["gpu"]["select_best_epoch"] is False  # the real-photo finding carried over (README)
+
+
 def test_presets_and_env_overrides(monkeypatch, tmp_path):
     data = make_dataset(tmp_path / "ImageNet-Subset")
     monkeypatch.setenv("IMSUB_DATA_ROOT", str(data))
