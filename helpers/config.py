@@ -123,7 +123,7 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(image_size=64, epochs=100, pseudo_epochs=60, seg_epochs=60, batch_size=32,
                 checkpoint_seconds=115.0, ssl_epochs=30, ssl_image_size=48, ssl_batch_size=64,
                 # real photos (docs/real-photos.md): the final fit won every seed on tiny10 and butterfly10;
-                # continuing for half the epochs brings `make run` to 13 min 53 s, main job without side runs (a retrain: 18 min)
+                # continuing for half the epochs keeps `make run` near 11 to 14 min, main job without side runs (a retrain: 18 min)
                 final_fit=True, final_fit_fraction=0.5,
                 # the last weights beat the best epoch on 2 validation images per class (tiny10, butterfly10, 3 seeds)
                 select_best_epoch=False),
