@@ -57,7 +57,8 @@ def _data(n: int = 48, seed: int = 0, labeled: bool = True, size: int = SIZE) ->
 def _cfg(tmp_path, **kw) -> Config:
     values = dict(preset="smoke", image_size=SIZE, batch_size=16, epochs=2, warmup_epochs=1, lr=0.05,
                   weight_decay=5e-4, optimizer="sgd", label_smoothing=0.1, ema_decay=0.0, grad_clip=5.0,
-                  device="cpu", run_dir=tmp_path / "runs", seed=0)
+                  device="cpu", run_dir=tmp_path / "runs", seed=0,
+                  select_best_epoch=True)  # these tests check the best-epoch machinery; the presets keep the last
     values.update(kw)
     return Config(**values)
 
@@ -451,5 +452,5 @@ def test_fixed_schedule_keeps_the_last_epoch(tmp_path):
     assert ckpt["best_epoch"] == state["epoch"] == 4  # no EMA: the last epoch's weights themselves
     for k, v in result.model.state_dict().items():
         assert torch.equal(v, ckpt["model"][k]), k
-    other = fit(_tiny(), data, val, _cfg(tmp_path, epochs=4), run_name="last", progress=False)
+    other = fit(_tiny(), data, val, _cfg(tmp_path, epochs=4, select_best_epoch=True), run_name="last", progress=False)
     assert other.resumed_from == 0  # the other rule is another training

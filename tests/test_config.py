@@ -4,15 +4,22 @@ from pathlib import Path
 
 import pytest
 
-from helpers.config import PRESETS, get_config, project_root
+from helpers.config import PRESETS, Config, get_config, project_root
 from tests.test_data import make_dataset
+
+
+def _preset_value(preset: str, key: str):
+    """What a preset runs with: its own setting, else the Config default."""
+    return PRESETS[preset].get(key, getattr(Config(), key))
 
 
 def test_smoke_takes_the_cpu_presets_path():
     """The notebook tests (smoke) run the code `make run` (cpu) runs: the final fit and the kept epoch."""
     for key in ("final_fit", "final_fit_fraction", "select_best_epoch"):
-        assert key in PRESETS["cpu"] and PRESETS["smoke"].get(key) == PRESETS["cpu"][key], key
-    assert PRESETS["gpu"]["select_best_epoch"] is False  # the real-photo finding carried over (README)
+        assert _preset_value("smoke", key) == _preset_value("cpu", key), key
+    for preset in PRESETS:  # the real-photo finding (README), carried over to the gpu preset
+        assert _preset_value(preset, "select_best_epoch") is False, preset
+    assert _preset_value("cpu", "final_fit") is True and _preset_value("cpu", "final_fit_fraction") == 0.5
 
 
 def test_presets_and_env_overrides(monkeypatch, tmp_path):

@@ -47,7 +47,8 @@ def _one_thread():
 def _cfg(tmp_path, **kw) -> Config:
     values = dict(preset="smoke", image_size=SIZE, batch_size=8, seg_epochs=2, warmup_epochs=0, seg_lr=0.05,
                   weight_decay=5e-4, optimizer="sgd", ema_decay=0.0, grad_clip=5.0, arch="resnet18",
-                  small_stem=True, device="cpu", run_dir=Path(tmp_path) / "runs", seed=0, mask_method="pixel")
+                  small_stem=True, device="cpu", run_dir=Path(tmp_path) / "runs", seed=0, mask_method="pixel",
+                  select_best_epoch=True)  # these tests check the best-epoch machinery; the presets keep the last
     values.update(kw)
     return Config(**values)
 

@@ -79,7 +79,7 @@ def _linear() -> nn.Module:
 
 def _scfg(tmp_path, **kw) -> Config:
     values = dict(batch_size=8, warmup_epochs=0, lr=0.01, optimizer="adamw", ema_decay=0.0, device="cpu",
-                  run_dir=tmp_path / "runs", seed=0)
+                  run_dir=tmp_path / "runs", seed=0, select_best_epoch=True)  # the best-epoch machinery
     values.update(kw)
     return Config(**values)
 
