@@ -1,9 +1,10 @@
 """Image classification on the decoded-image cache: prediction, evaluation, and the training task `fit` runs.
 
 `fit` trains a classifier with helpers.engine's loop on labeled images (cross-entropy with label
-smoothing on weakly augmented views) and, given unlabeled images, adds the FixMatch consistency
-loss of helpers.consistency. `predict_proba` / `evaluate` score a model with optional flip TTA;
-`extract_features` returns its penultimate-layer features for analysis.
+smoothing on weakly augmented views, or strongly augmented ones with cfg.label_view="strong") and,
+given unlabeled images, adds the FixMatch consistency loss of helpers.consistency. `predict_proba` /
+`evaluate` score a model with optional flip TTA; `extract_features` returns its penultimate-layer
+features for analysis.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .hardware import autocast, resolve, to_layout
 _PROGRESS_MIN_IMAGES = 2048  # predict_proba shows a bar from this many images on
 ADAPTIVE = "adaptive"  # cfg.consistency_threshold for FreeMatch's self-adaptive thresholds
 WEAK_VIEWS = ("crop", "flip_translate")  # cfg.weak_view: the supervised crop view, or FixMatch's
+LABEL_VIEWS = ("weak", "strong")  # cfg.label_view: the labeled images' view (augment.weak_augment / strong_augment)
 
 
 @torch.no_grad()
@@ -136,6 +138,10 @@ class ClassificationTask(TrainTask):
                  unlabeled_truth: Tensor | None = None, num_classes: int | None = None):
         self.train, self.val, self.unlabeled, self.cfg = train, val, unlabeled, cfg
         self.augment = bool(augment)
+        if cfg.label_view not in LABEL_VIEWS:
+            raise ValueError(f"unknown label view {cfg.label_view!r} (cfg.label_view / IMSUB_LABEL_VIEW); "
+                             f"choose one of {', '.join(LABEL_VIEWS)}")
+        self.strong_labeled = cfg.label_view == "strong"
         self.unlabeled_weight, self.mu = float(unlabeled_weight), int(mu)
         self.threshold = parse_threshold(threshold) if threshold is not None else None
         self.size = int(cfg.image_size)
@@ -155,6 +161,8 @@ class ClassificationTask(TrainTask):
         s = _settings(self.cfg, self.train, self.unlabeled, self.unlabeled_weight, self.threshold, self.mu)
         if not self.augment:
             s["augment"] = False  # absent when on, so that earlier checkpoints still resume
+        elif self.strong_labeled:
+            s["label_view"] = "strong"  # absent for the weak view, as above
         return s
 
     def set_teacher(self, ema_model: nn.Module | None) -> None:
@@ -195,7 +203,9 @@ class ClassificationTask(TrainTask):
         """Step i's augmented labeled batch and labels (and weak + strong unlabeled views with consistency on)."""
         train = self._train
         idx = self.perm[i * batch:(i + 1) * batch].to(train.images.device, non_blocking=True)
-        if self.augment:
+        if self.augment and self.strong_labeled:
+            x = strong_augment(train.images[idx], self.size, generator)
+        elif self.augment:
             x, _ = weak_augment(train.images[idx], None, self.size, generator)
         else:  # the plain image at the training size: the "no augmentation" baseline
             x = normalize(center_resize(train.images[idx], None, self.size)[0])

@@ -9,7 +9,7 @@ from torch import nn
 
 import helpers.checkpoints as checkpoints
 from helpers.cache import CachedImages
-from helpers.classification import evaluate, fit, predict_proba
+from helpers.classification import ClassificationTask, evaluate, fit, predict_proba
 from helpers.config import Config
 from helpers.ema import EMA
 from helpers.engine import lr_at
@@ -454,3 +454,22 @@ def test_fixed_schedule_keeps_the_last_epoch(tmp_path):
         assert torch.equal(v, ckpt["model"][k]), k
     other = fit(_tiny(), data, val, _cfg(tmp_path, epochs=4, select_best_epoch=True), run_name="last", progress=False)
     assert other.resumed_from == 0  # the other rule is another training
+
+
+def test_strong_label_view_augments_the_labeled_batch_strongly(tmp_path):
+    """cfg.label_view="strong": the labeled images get the strong view (cutout shows on flat images)."""
+    flat = _data(16)
+    flat.images[:] = torch.tensor([200, 40, 90], dtype=torch.uint8).view(1, 3, 1, 1)
+    spreads = {}
+    for view in ("weak", "strong"):
+        task = ClassificationTask(flat, None, _cfg(tmp_path, label_view=view))
+        task.to_device(torch.device("cpu"))
+        generator = torch.Generator().manual_seed(0)
+        task.start_epoch(1, 16, generator)
+        x, y, unl = task.next_batch(0, 16, generator)
+        assert x.shape == (16, 3, SIZE, SIZE) and unl is None
+        spreads[view] = x.flatten(2).std(dim=2).amax(dim=1)  # per image: largest spread over its pixels
+        assert ("label_view" in task.settings()) == (view == "strong")  # a resume cannot mix the two
+    assert spreads["weak"].max() < 1e-3 and (spreads["strong"] > 0.1).all()
+    with pytest.raises(ValueError, match="label view"):
+        ClassificationTask(flat, None, _cfg(tmp_path, label_view="heavy"))
