@@ -19,6 +19,7 @@ def test_smoke_takes_the_cpu_presets_path():
         assert _preset_value("smoke", key) == _preset_value("cpu", key), key
     for preset in PRESETS:  # the real-photo finding (README), carried over to the gpu preset
         assert _preset_value(preset, "select_best_epoch") is False, preset
+        assert _preset_value(preset, "ema_decay") == 0.0, preset  # the weight EMA lost there too
     assert _preset_value("cpu", "final_fit") is True and _preset_value("cpu", "final_fit_fraction") == 0.5
 
 
