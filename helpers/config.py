@@ -74,7 +74,7 @@ class Config:
     mask_method: str = "fg+class"  # the shipped masks (helpers.mask_prediction.METHODS); its validation mIoU picks the U-Net
     # run
     side_runs: bool = True  # the notebooks' comparisons no later step uses (01's classifier without augmentation); `python -m helpers run` skips them
-    select_best_epoch: bool = False  # False: the last (EMA) weights, which beat the best epoch on real photos (README); True: the epoch with the best validation score
+    select_best_epoch: bool = False  # False: the last weights (the EMA's if ema_decay > 0), which beat the best epoch on real photos (README); True: the epoch with the best validation score
     final_fit: bool = False  # 05 trains the chosen classifier and U-Net again on all labeled images (on in the cpu and gpu presets)
     final_fit_fraction: float = 1.0  # 1: the final fit retrains from the start; < 1: it continues the chosen models for that share of their epochs, at that share of the lr
     seed: int = 0
