@@ -14,7 +14,11 @@ epochs and the same seeds. Wall time is measured around each run. With --jobs N,
 each with cores / N threads (say so when you quote times: they share the machine). Finished runs
 are not run again (their results are read back); the table at the end gives per-seed and mean test
 accuracy and mIoU (n/a where the truth has no masks), minutes per run, and each variant's
-difference to the plain pipeline. Without the photos it says so and exits 0: a user's clone has no
+difference to the plain pipeline. --reuse NAME starts each run of a variant from a copy of variant
+NAME's finished run folders at the same seed (runs/ and cache/): every training whose settings are
+unchanged is taken back from its checkpoint instead of trained again, so a variant that changes only
+the U-Net (IMSUB_SEG_*, IMSUB_MASK_METHOD) retrains 04 and 05 alone; its minutes then count only
+that. Without the photos it says so and exits 0: a user's clone has no
 ../shared. Never commit the photos or anything made from them (the outputs go to --out).
 """
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -47,6 +52,7 @@ def run_one(set_dir: Path, name: str, env: dict[str, str], seed: int, args) -> d
     result_file = out / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
+    reused = _start_from(Path(args.out) / set_dir.name, name, seed, out, getattr(args, "reuse", None))
     out.mkdir(parents=True, exist_ok=True)
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     data_root = set_dir / "ImageNet-Subset"
@@ -73,8 +79,34 @@ def run_one(set_dir: Path, name: str, env: dict[str, str], seed: int, args) -> d
     result = {"seed": seed, "threads": threads, "seconds": round(seconds, 1),
               "test_accuracy": scores.get("test_accuracy"), "test_miou": scores.get("test_miou"),
               "summary": {k: v for k, v in scores.items() if not isinstance(v, (dict, list))}}
+    if reused:
+        result["reused"] = reused
     result_file.write_text(json.dumps(result, indent=2))
     return result
+
+
+def _start_from(set_out: Path, name: str, seed: int, out: Path, reuse: str | None) -> str | None:
+    """With --reuse: copy that variant's finished run folders (cache/, runs/) at this seed into `out`.
+
+    The name it came from is kept in out/reused_from.txt, so that a resumed run still says so."""
+    marker = out / "reused_from.txt"
+    if marker.is_file() and (out / "runs").exists():
+        return marker.read_text().strip()
+    if not reuse or name in (PLAIN, reuse) or (out / "runs").exists():
+        return None
+    source = set_out / reuse / f"s{seed}"
+    if not (source / "result.json").is_file():
+        raise SystemExit(f"--reuse {reuse}: {source} holds no finished run (no result.json); run variant "
+                         f"{reuse!r} at seed {seed} first, or leave out --reuse")
+    out.mkdir(parents=True, exist_ok=True)
+    folders = [f for f in ("cache", "runs") if (source / f).is_dir()]  # runs/ last: it marks a finished copy
+    for folder in folders:
+        shutil.rmtree(out / f".{folder}.copy", ignore_errors=True)
+        shutil.copytree(source / folder, out / f".{folder}.copy")  # copies, not links: history CSVs grow in place
+    marker.write_text(reuse)
+    for folder in folders:
+        (out / f".{folder}.copy").rename(out / folder)
+    return reuse
 
 
 def _mean(values: list) -> float | None:
@@ -109,9 +141,11 @@ def report(set_name: str, found: dict[str, dict[int, dict]], seeds: list[int]) -
         d_miou = versus(by_seed, "test_miou") if name != PLAIN else ""
         minutes = " / ".join(f"{r['seconds'] / 60:.1f}" for r in rows)
         threads = sorted({r["threads"] for r in rows})
+        reused = sorted({r["reused"] for r in rows if r.get("reused")})
+        note = f", reusing {'/'.join(reused)}'s runs" if reused else ""
         lines.append(f"| {name} | {' / '.join(map(_fmt, acc))} | **{_fmt(mean_acc)}** | {d_acc} | "
                      f"{' / '.join(map(_fmt, miou))} | **{_fmt(mean_miou)}** | {d_miou} | {minutes} "
-                     f"({'/'.join(map(str, threads))} thr.) |")
+                     f"({'/'.join(map(str, threads))} thr.{note}) |")
     return "\n".join(lines)
 
 
@@ -138,6 +172,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="threads per run (default: cores / jobs)")
     parser.add_argument("--realdata", default=None, help="the folder of the sets (default ../shared/realdata)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--reuse", metavar="NAME", default=None,
+                        help="start each run from a copy of variant NAME's finished runs at the same seed")
     parser.add_argument("--report", action="store_true", help="only print the table of the finished runs")
     args = parser.parse_args(argv)
     set_dir = realdata_root(args.realdata) / args.set

@@ -5,6 +5,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 _path = Path(__file__).resolve().parents[1] / "benchmarks" / "real_photos.py"
 _spec = importlib.util.spec_from_file_location("real_photos", _path)
 real_photos = importlib.util.module_from_spec(_spec)
@@ -50,3 +52,34 @@ def test_the_difference_to_plain_uses_only_the_seeds_both_have(tmp_path):
     main_row = next(line for line in table.splitlines() if line.startswith("| main"))
     assert "+0.100 (on 1 of 2 seeds)" in main_row and "+0.250" not in main_row
 
+
+
+def test_reuse_starts_from_a_copy_of_the_finished_variant(tmp_path, monkeypatch):
+    source = tmp_path / "out" / "tiny10" / "main" / "s1"
+    _result(source, 0.3, 0.2, seed=1)
+    (source / "runs" / "tag" / "cpu").mkdir(parents=True)
+    (source / "runs" / "tag" / "cpu" / "classifier_baseline.pt").write_text("weights")
+    (source / "cache").mkdir()
+    (source / "cache" / "labeled_64.pt").write_text("images")
+    seen = {}
+
+    def fake_run(command, env, stdout, stderr, cwd):
+        out = Path(command[command.index("--out") + 1])
+        seen["copied"] = (out / "runs" / "tag" / "cpu" / "classifier_baseline.pt").read_text()
+        seen["cache"] = env.get("IMSUB_SEED"), (out / "cache" / "labeled_64.pt").is_file()
+        (out / "runs" / "tag" / "cpu" / "classifier_baseline.pt").write_text("changed")
+        (out / "runs" / "tag" / "cpu" / "summary.json").write_text(json.dumps({"test_accuracy": 0.4, "test_miou": 0.25}))
+        return real_photos.subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(real_photos.subprocess, "run", fake_run)
+    args = real_photos.argparse.Namespace(out=str(tmp_path / "out"), jobs=1, preset="cpu", threads=1, reuse="main")
+    result = real_photos.run_one(tmp_path / "tiny10", "fusion", {}, 1, args)
+    assert seen == {"copied": "weights", "cache": ("1", True)}
+    assert result["reused"] == "main" and result["test_accuracy"] == 0.4
+    assert (source / "runs" / "tag" / "cpu" / "classifier_baseline.pt").read_text() == "weights"  # a copy, not a link
+    row = next(line for line in real_photos.report("tiny10", {"fusion": {1: result}}, [1]).splitlines()
+               if line.startswith("| fusion"))
+    assert "reusing main's runs" in row
+    # a seed the reused variant has not finished is refused, naming the folder
+    with pytest.raises(SystemExit, match="main/s2 holds no finished run"):
+        real_photos.run_one(tmp_path / "tiny10", "fusion", {}, 2, args)
