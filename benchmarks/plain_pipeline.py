@@ -12,7 +12,10 @@ foreground (BCE, resize + flip applied to image and mask alike); the mask is the
 with the classifier's class. Epochs and image size come from the preset (cfg.epochs,
 cfg.pseudo_epochs, cfg.seg_epochs, cfg.image_size) so that both pipelines see the same budget.
 The submission is written with helpers.submission and scored on the demo's hidden truth with
-helpers.metrics, as `python -m helpers run` does; the scores go to OUT/plain.json.
+helpers.metrics, as `python -m helpers run` does; the scores go to OUT/plain.json. Each trained
+model is kept in OUT (teacher.pt, student.pt, unet.pt, with the pseudo-labels and stage times), so
+that a run killed on the way and started again with the same arguments takes back the finished
+stages: every stage seeds itself, so the result is the same.
 """
 from __future__ import annotations
 
@@ -109,6 +112,25 @@ def train_unet(samples, k, size, epochs, seed) -> nn.Module:
     return model.eval()
 
 
+def _stage(out: Path, name: str, times: dict, make: callable, train: callable) -> nn.Module:
+    """OUT/<name>.pt if an earlier try finished this stage, else train it and keep it (temporary name + rename)."""
+    path, times_file = out / f"{name}.pt", out / "stage_seconds.json"
+    earlier = json.loads(times_file.read_text()) if times_file.is_file() else {}
+    if path.is_file() and name in earlier:
+        model = make()
+        model.load_state_dict(torch.load(path, weights_only=True))
+        times[name] = earlier[name]
+        return model.eval()
+    t = time.perf_counter()
+    model = train()
+    times[name] = time.perf_counter() - t
+    part = path.with_suffix(".pt.tmp")
+    torch.save(model.state_dict(), part)
+    part.replace(path)
+    times_file.write_text(json.dumps({**earlier, name: times[name]}))
+    return model
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu")
@@ -135,25 +157,26 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     times = {}
 
-    t = time.perf_counter()
     labeled = index.labeled
     if args.hold_out:
         labeled = split_labeled(labeled, cfg.val_per_class, args.seed)[0]
     labels = [s.label for s in labeled]
-    teacher = train_classifier(labeled, labels, k, size, cfg.epochs, args.seed)
-    times["classifier"] = time.perf_counter() - t
+    teacher = _stage(out, "teacher", times, lambda: models.resnet18(num_classes=k),
+                     lambda: train_classifier(labeled, labels, k, size, cfg.epochs, args.seed))
 
     t = time.perf_counter()
     probs = predict(teacher, index.unlabeled, size)
     confidence, guess = probs.max(1)
     kept = (confidence >= args.threshold).nonzero().flatten().tolist()
-    student = train_classifier(labeled + [index.unlabeled[i] for i in kept],
-                               labels + [int(guess[i]) for i in kept], k, size, cfg.pseudo_epochs, args.seed)
-    times["pseudo_round"] = time.perf_counter() - t
+    times["pseudo_labels"] = time.perf_counter() - t
+    student = _stage(out, "student", times, lambda: models.resnet18(num_classes=k),
+                     lambda: train_classifier(labeled + [index.unlabeled[i] for i in kept],
+                                              labels + [int(guess[i]) for i in kept], k, size, cfg.pseudo_epochs,
+                                              args.seed))
 
-    t = time.perf_counter()
-    unet = train_unet(labeled, k, size, cfg.seg_epochs, args.seed)
-    times["unet"] = time.perf_counter() - t
+    import segmentation_models_pytorch as smp
+    unet = _stage(out, "unet", times, lambda: smp.Unet("resnet18", encoder_weights=None, classes=1),
+                  lambda: train_unet(labeled, k, size, cfg.seg_epochs, args.seed))
 
     t = time.perf_counter()
     classes = predict(student, index.test, size).argmax(1)

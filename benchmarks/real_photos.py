@@ -18,7 +18,8 @@ difference to the plain pipeline. --reuse NAME starts each run of a variant from
 NAME's finished run folders at the same seed (runs/ and cache/): every training whose settings are
 unchanged is taken back from its checkpoint instead of trained again, so a variant that changes only
 the U-Net (IMSUB_SEG_*, IMSUB_MASK_METHOD) retrains 04 and 05 alone; its minutes then count only
-that. Without the photos it says so and exits 0: a user's clone has no
+that. A run killed on the way (a session's end) resumes from its checkpoints when the same command
+runs again, its minutes adding up over the tries. Without the photos it says so and exits 0: a user's clone has no
 ../shared. Never commit the photos or anything made from them (the outputs go to --out).
 """
 from __future__ import annotations
@@ -66,11 +67,8 @@ def run_one(set_dir: Path, name: str, env: dict[str, str], seed: int, args) -> d
         command = [sys.executable, "-m", "helpers", "run", "--preset", args.preset, "--data-root", str(data_root),
                    "--out", str(out)]
     log = out.with_suffix(".log")
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        done = subprocess.run(command, env=environment, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-    seconds = time.perf_counter() - start
-    if done.returncode:
+    returncode, seconds = run_timed(command, environment, log, out / "elapsed_seconds.txt")
+    if returncode:
         raise SystemExit(f"{set_dir.name} / {name} seed {seed} failed; see {log}")
     if name == PLAIN:
         scores = json.loads((out / "plain.json").read_text())
@@ -83,6 +81,34 @@ def run_one(set_dir: Path, name: str, env: dict[str, str], seed: int, args) -> d
         result["reused"] = reused
     result_file.write_text(json.dumps(result, indent=2))
     return result
+
+
+def run_timed(command: list[str], environment: dict, log: Path, elapsed_file: Path,
+              every: float = 30.0) -> tuple[int, float]:
+    """Run `command` (output appended to `log`); its exit code and wall seconds, earlier interrupted tries included.
+
+    The seconds so far are kept in `elapsed_file` every `every` s, so that a run killed with its
+    session (and resumed from its checkpoints by the same command later) still reports its whole time.
+    """
+    before = float(elapsed_file.read_text()) if elapsed_file.is_file() else 0.0
+    start = time.perf_counter()
+
+    def keep(seconds: float) -> None:
+        part = elapsed_file.with_suffix(".tmp")
+        part.write_text(f"{seconds:.1f}")
+        part.replace(elapsed_file)
+
+    with open(log, "a") as f:
+        process = subprocess.Popen(command, env=environment, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        while True:
+            try:
+                returncode = process.wait(timeout=every)
+                break
+            except subprocess.TimeoutExpired:
+                keep(before + time.perf_counter() - start)
+    seconds = before + time.perf_counter() - start
+    keep(seconds)
+    return returncode, seconds
 
 
 def _start_from(set_out: Path, name: str, seed: int, out: Path, reuse: str | None) -> str | None:

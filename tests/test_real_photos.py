@@ -63,15 +63,19 @@ def test_reuse_starts_from_a_copy_of_the_finished_variant(tmp_path, monkeypatch)
     (source / "cache" / "labeled_64.pt").write_text("images")
     seen = {}
 
-    def fake_run(command, env, stdout, stderr, cwd):
-        out = Path(command[command.index("--out") + 1])
-        seen["copied"] = (out / "runs" / "tag" / "cpu" / "classifier_baseline.pt").read_text()
-        seen["cache"] = env.get("IMSUB_SEED"), (out / "cache" / "labeled_64.pt").is_file()
-        (out / "runs" / "tag" / "cpu" / "classifier_baseline.pt").write_text("changed")
-        (out / "runs" / "tag" / "cpu" / "summary.json").write_text(json.dumps({"test_accuracy": 0.4, "test_miou": 0.25}))
-        return real_photos.subprocess.CompletedProcess(command, 0)
+    class FakeRun:  # stands in for `python -m helpers run`
+        def __init__(self, command, env, stdout, stderr, cwd):
+            out = Path(command[command.index("--out") + 1])
+            seen["copied"] = (out / "runs" / "tag" / "cpu" / "classifier_baseline.pt").read_text()
+            seen["cache"] = env.get("IMSUB_SEED"), (out / "cache" / "labeled_64.pt").is_file()
+            (out / "runs" / "tag" / "cpu" / "classifier_baseline.pt").write_text("changed")
+            (out / "runs" / "tag" / "cpu" / "summary.json").write_text(
+                json.dumps({"test_accuracy": 0.4, "test_miou": 0.25}))
 
-    monkeypatch.setattr(real_photos.subprocess, "run", fake_run)
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(real_photos.subprocess, "Popen", FakeRun)
     args = real_photos.argparse.Namespace(out=str(tmp_path / "out"), jobs=1, preset="cpu", threads=1, reuse="main")
     result = real_photos.run_one(tmp_path / "tiny10", "fusion", {}, 1, args)
     assert seen == {"copied": "weights", "cache": ("1", True)}
@@ -83,3 +87,14 @@ def test_reuse_starts_from_a_copy_of_the_finished_variant(tmp_path, monkeypatch)
     # a seed the reused variant has not finished is refused, naming the folder
     with pytest.raises(SystemExit, match="main/s2 holds no finished run"):
         real_photos.run_one(tmp_path / "tiny10", "fusion", {}, 2, args)
+
+
+def test_an_interrupted_run_adds_its_earlier_minutes(tmp_path):
+    elapsed, log = tmp_path / "elapsed_seconds.txt", tmp_path / "run.log"
+    elapsed.write_text("600.0")  # an earlier try, killed with its session
+    code, seconds = real_photos.run_timed([real_photos.sys.executable, "-c", "import time; time.sleep(0.3); print('x')"],
+                                          {}, log, elapsed, every=0.1)
+    assert code == 0 and 600.3 <= seconds < 605
+    assert float(elapsed.read_text()) == round(seconds, 1) and log.read_text() == "x\n"
+    code, _ = real_photos.run_timed([real_photos.sys.executable, "-c", "raise SystemExit(3)"], {}, log, elapsed)
+    assert code == 3 and log.read_text() == "x\n"  # the log is appended to, not overwritten
