@@ -71,7 +71,7 @@ class Config:
     seg_lr: float = 2e-3
     seg_consistency_weight: float = 0.0  # > 0: the U-Net also learns from unlabeled images (dense consistency)
     seg_consistency_threshold: float = 0.95  # confidence a pixel's weak-view guess needs to become a target
-    mask_method: str = "fg+class"  # the shipped masks (helpers.mask_prediction.METHODS); its validation mIoU picks the U-Net
+    mask_method: str = "fusion"  # the shipped masks (helpers.mask_prediction.METHODS; "fusion" beat "fg+class" in 6 of 6 paired real-photo runs, docs/real-photos.md); its validation mIoU picks the U-Net
     # run
     side_runs: bool = True  # the notebooks' comparisons no later step uses (01's classifier without augmentation); `python -m helpers run` skips them
     select_best_epoch: bool = False  # False: the last weights (the EMA's if ema_decay > 0), which beat the best epoch on real photos (README); True: the epoch with the best validation score
