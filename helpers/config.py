@@ -69,7 +69,7 @@ class Config:
     # segmentation
     seg_epochs: int = 40
     seg_lr: float = 2e-3
-    seg_consistency_weight: float = 0.0  # > 0: the U-Net also learns from unlabeled images (dense consistency)
+    seg_consistency_weight: float = 0.0  # > 0: the U-Net also learns from unlabeled images (dense consistency); off: it tied or lost on real photos (README)
     seg_consistency_threshold: float = 0.95  # confidence a pixel's weak-view guess needs to become a target
     mask_method: str = "fusion"  # the shipped masks (helpers.mask_prediction.METHODS; "fusion" beat "fg+class" in 6 of 6 paired real-photo runs, docs/real-photos.md); its validation mIoU picks the U-Net
     # run
