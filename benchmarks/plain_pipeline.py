@@ -24,6 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -112,7 +113,8 @@ def train_unet(samples, k, size, epochs, seed) -> nn.Module:
     return model.eval()
 
 
-def _stage(out: Path, name: str, times: dict, make: callable, train: callable) -> nn.Module:
+def _stage(out: Path, name: str, times: dict[str, float], make: Callable[[], nn.Module],
+           train: Callable[[], nn.Module]) -> nn.Module:
     """OUT/<name>.pt if an earlier try finished this stage, else train it and keep it (temporary name + rename)."""
     path, times_file = out / f"{name}.pt", out / "stage_seconds.json"
     earlier = json.loads(times_file.read_text()) if times_file.is_file() else {}
