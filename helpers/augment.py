@@ -437,11 +437,15 @@ def gaussian_blur(
 
 
 # ----------------------------------------------------------------------------- training views
+CROP_MIN_SCALE = 0.35  # the training views' smallest crop area (a share of the image; cfg.crop_min_scale)
+
+
 def weak_augment(
-    images: Tensor, masks: Tensor | None, size: int, generator: torch.Generator | None = None
+    images: Tensor, masks: Tensor | None, size: int, generator: torch.Generator | None = None,
+    min_scale: float = CROP_MIN_SCALE,
 ) -> tuple[Tensor, Tensor | None]:
-    """Weak view: resized-crop affine (scale 0.35..1) + flip + mild colour jitter -> normalized images, masks."""
-    x, m = random_resized_affine(images, masks, size, scale=(0.35, 1.0), generator=generator)
+    """Weak view: resized-crop affine (area min_scale..1) + flip + mild colour jitter -> normalized images, masks."""
+    x, m = random_resized_affine(images, masks, size, scale=(min_scale, 1.0), generator=generator)
     x = color_jitter(x, 0.2, 0.2, 0.2, 0.02, generator=generator)
     return normalize(x), m
 
@@ -451,9 +455,10 @@ def paper_weak_augment(images: Tensor, size: int, generator: torch.Generator | N
     return normalize(flip_translate(images, None, size, generator=generator)[0])
 
 
-def strong_augment(images: Tensor, size: int, generator: torch.Generator | None = None) -> Tensor:
+def strong_augment(images: Tensor, size: int, generator: torch.Generator | None = None,
+                   min_scale: float = CROP_MIN_SCALE) -> Tensor:
     """Strong (FixMatch) view: resized-crop affine + flip + jitter + rand_augment + cutout -> normalized images."""
-    x, _ = random_resized_affine(images, None, size, scale=(0.35, 1.0), generator=generator)
+    x, _ = random_resized_affine(images, None, size, scale=(min_scale, 1.0), generator=generator)
     return normalize(strong_colour(x, generator))
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .augment import center_resize, normalize, paper_weak_augment, strong_augment, weak_augment
+from .augment import CROP_MIN_SCALE, center_resize, normalize, paper_weak_augment, strong_augment, weak_augment
 from .cache import CachedImages
 from .config import Config
 from .consistency import AdaptiveThreshold, DistributionAlignment, consistency_loss, unlabeled_order
@@ -145,6 +145,10 @@ class ClassificationTask(TrainTask):
         self.unlabeled_weight, self.mu = float(unlabeled_weight), int(mu)
         self.threshold = parse_threshold(threshold) if threshold is not None else None
         self.size = int(cfg.image_size)
+        self.min_scale = float(cfg.crop_min_scale)
+        if not 0.0 < self.min_scale <= 1.0:
+            raise ValueError(f"crop_min_scale {cfg.crop_min_scale!r} (cfg.crop_min_scale / IMSUB_CROP_MIN_SCALE): "
+                             "expected the smallest crop's share of the image area, above 0 and at most 1")
         self.smoothing = float(cfg.label_smoothing)
         self.truth = None if unlabeled_truth is None else torch.as_tensor(unlabeled_truth).long().cpu()
         num_classes = int(num_classes or (int(train.labels.max()) + 1 if len(train) else 1))
@@ -163,6 +167,8 @@ class ClassificationTask(TrainTask):
             s["augment"] = False  # absent when on, so that earlier checkpoints still resume
         elif self.strong_labeled:
             s["label_view"] = "strong"  # absent for the weak view, as above
+        if self.augment and self.min_scale != CROP_MIN_SCALE:
+            s["crop_min_scale"] = self.min_scale  # absent at the default, as above
         return s
 
     def set_teacher(self, ema_model: nn.Module | None) -> None:
@@ -204,9 +210,9 @@ class ClassificationTask(TrainTask):
         train = self._train
         idx = self.perm[i * batch:(i + 1) * batch].to(train.images.device, non_blocking=True)
         if self.augment and self.strong_labeled:
-            x = strong_augment(train.images[idx], self.size, generator)
+            x = strong_augment(train.images[idx], self.size, generator, self.min_scale)
         elif self.augment:
-            x, _ = weak_augment(train.images[idx], None, self.size, generator)
+            x, _ = weak_augment(train.images[idx], None, self.size, generator, self.min_scale)
         else:  # the plain image at the training size: the "no augmentation" baseline
             x = normalize(center_resize(train.images[idx], None, self.size)[0])
         y = train.labels[idx]
@@ -218,8 +224,8 @@ class ClassificationTask(TrainTask):
         if self.cfg.weak_view == "flip_translate":
             xw = paper_weak_augment(uimg, self.size, generator)
         else:
-            xw, _ = weak_augment(uimg, None, self.size, generator)
-        xs = strong_augment(uimg, self.size, generator)
+            xw, _ = weak_augment(uimg, None, self.size, generator, self.min_scale)
+        xs = strong_augment(uimg, self.size, generator, self.min_scale)
         return x, y, (xw, xs, uidx)
 
     def step_loss(self, model: nn.Module, data, channels_last: bool) -> tuple[Tensor, Tensor]:

@@ -44,6 +44,7 @@ class Config:
     label_smoothing: float = 0.1
     ema_decay: float = 0.0  # 0 switches the weight EMA off
     grad_clip: float = 5.0
+    crop_min_scale: float = 0.35  # the classifier's views: smallest random crop, as a share of the image area (the U-Net's stays 0.35)
     label_view: str = "weak"  # the labeled images' training view: "weak" (crop, flip, mild jitter) or "strong" (plus RandAugment and cutout)
     # pseudo-labeling / consistency
     pseudo_rounds: int = 1

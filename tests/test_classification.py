@@ -473,3 +473,26 @@ def test_strong_label_view_augments_the_labeled_batch_strongly(tmp_path):
     assert spreads["weak"].max() < 1e-3 and (spreads["strong"] > 0.1).all()
     with pytest.raises(ValueError, match="label view"):
         ClassificationTask(flat, None, _cfg(tmp_path, label_view="heavy"))
+
+
+def test_crop_min_scale_sets_how_far_the_classifiers_views_zoom_in(tmp_path):
+    """cfg.crop_min_scale: at 1 every view shows the whole image, small values zoom in (labeled and unlabeled views)."""
+    dot = _data(64)
+    dot.images[:] = 0
+    dot.images[:, :, SIZE // 2 - 2:SIZE // 2 + 2, SIZE // 2 - 2:SIZE // 2 + 2] = 255  # a white centre, 1/16 of the image
+    unlabeled = _data(64, labeled=False)
+    unlabeled.images[:] = dot.images
+    spread = {}
+    for scale in (1.0, 0.05):
+        cfg = _cfg(tmp_path, crop_min_scale=scale)
+        task = ClassificationTask(dot, None, cfg, unlabeled=unlabeled, unlabeled_weight=1.0, threshold=0.8)
+        task.to_device(torch.device("cpu"))
+        generator = torch.Generator().manual_seed(0)
+        task.start_epoch(1, 64, generator)
+        x, _, (xw, xs, _) = task.next_batch(0, 64, generator)
+        # the share of bright pixels per view: near 1/16 without zoom, anything from 0 to 1 with it
+        spread[scale] = [(v.mean(dim=1) > 0).float().mean(dim=(1, 2)).std().item() for v in (x, xw)]
+        assert ("crop_min_scale" in task.settings()) == (scale != 0.35)  # a resume cannot mix crops
+    assert all(zoomed > 3 * whole for zoomed, whole in zip(spread[0.05], spread[1.0])), spread
+    with pytest.raises(ValueError, match="crop_min_scale"):
+        ClassificationTask(dot, None, _cfg(tmp_path, crop_min_scale=0.0))
