@@ -44,7 +44,7 @@ class Config:
     label_smoothing: float = 0.1
     ema_decay: float = 0.0  # 0 switches the weight EMA off
     grad_clip: float = 5.0
-    crop_min_scale: float = 0.35  # the classifier's views: smallest random crop, as a share of the image area (the U-Net's stays 0.35)
+    crop_min_scale: float = 0.35  # the classifier's views: smallest random crop, a share of the image area (0.08 lost on real photos; the U-Net's stays 0.35)
     label_view: str = "weak"  # the labeled images' training view: "weak" (crop, flip, mild jitter) or "strong" (plus RandAugment and cutout)
     # pseudo-labeling / consistency
     pseudo_rounds: int = 1
@@ -57,7 +57,7 @@ class Config:
     threshold_momentum: float = 0.99  # EMA memory of the adaptive thresholds (the paper's 0.999 suits 10^6 steps)
     unlabeled_ratio: int = 1  # unlabeled images per labeled image in a step (FixMatch's mu; the paper uses 7)
     weak_view: str = "crop"  # the unlabeled weak view: "crop" (as the supervised one) or "flip_translate" (FixMatch)
-    distribution_alignment: bool = True  # ReMixMatch's alignment of the weak-view probabilities (won 3 of 3 seeds, README)
+    distribution_alignment: bool = True  # ReMixMatch's alignment of the weak-view probabilities (off: a tie on tiny10, a loss on butterfly10; docs/real-photos.md)
     ema_teacher: bool = False  # targets from the weight EMA's predictions (needs ema_decay > 0)
     # self-supervised pretraining (notebook 02, helpers.selfsup: SimCLR)
     init: str = "auto"  # where 03 and 04 start: "auto" (02's encoder only where 02's check finds it clearly better than random weights), "ssl" (02's encoder always), "scratch"
