@@ -44,15 +44,15 @@ class Config:
     label_smoothing: float = 0.1
     ema_decay: float = 0.0  # 0 switches the weight EMA off
     grad_clip: float = 5.0
-    crop_min_scale: float = 0.35  # the classifier's views: smallest random crop, a share of the image area (0.08 lost on real photos; the U-Net's stays 0.35)
+    crop_min_scale: float = 0.35  # the classifier's views: smallest random crop, a share of the image area (0.08 and 0.6 lost on real photos; the U-Net's stays 0.35)
     label_view: str = "weak"  # the labeled images' training view: "weak" (crop, flip, mild jitter) or "strong" (plus RandAugment and cutout)
     # pseudo-labeling / consistency
     pseudo_rounds: int = 1
     pseudo_epochs: int = 40
-    pseudo_threshold: float = 0.8  # offline: the teacher's (flip-averaged) confidence needed to keep a pseudo-label
+    pseudo_threshold: float = 0.8  # offline: the teacher's (flip-averaged) confidence needed to keep a pseudo-label (0.6 lost or tied on real photos)
     pseudo_max_per_class: int = 0  # > 0: at most this many pseudo-labels per class; 0: derived (pseudo_balance)
     pseudo_balance: float = 0.0  # > 0: cap = this x the mean share of the images above the threshold; 0: 2x N / C
-    consistency_weight: float = 1.0  # weight of the FixMatch loss on unlabeled batches while retraining; 0: off
+    consistency_weight: float = 1.0  # weight of the FixMatch loss on unlabeled batches while retraining; 0: off (lost accuracy on real photos)
     consistency_threshold: str = "0.8"  # online (FixMatch): a probability, or "adaptive" (FreeMatch, per class)
     threshold_momentum: float = 0.99  # EMA memory of the adaptive thresholds (the paper's 0.999 suits 10^6 steps)
     unlabeled_ratio: int = 1  # unlabeled images per labeled image in a step (FixMatch's mu; the paper uses 7)
