@@ -124,11 +124,11 @@ PRESETS: dict[str, dict] = {
     # minutes on a 2-core laptop CPU: a real run on the demo data (`make run`)
     "cpu": dict(image_size=64, epochs=100, pseudo_epochs=60, seg_epochs=100, batch_size=32,
                 checkpoint_seconds=115.0, ssl_epochs=30, ssl_image_size=48, ssl_batch_size=64,
-                # epochs 150 / pseudo_epochs 100 won 3.6 accuracy points on real photos but made `make run` 1.33x as long
-                # (about 17 min on the slower 2-core machine, over 15): an option, docs/real-photos.md
+                # epochs 150 / pseudo_epochs 100 won 3.6 accuracy points on tiny10 and butterfly10 (1.3 on nette10)
+                # but made `make run` 1.33x as long (about 17 min on the slower 2-core machine, over 15): an option
                 # seg_epochs 100, not 60: better test mIoU in 5 of 6 paired real-photo runs (docs/real-photos.md), make run x1.16
                 # real photos (docs/real-photos.md): the final fit won every seed on tiny10 and butterfly10;
-                # continuing for half the epochs keeps `make run` near 11 to 14 min, main job without side runs (a retrain: 18 min)
+                # continuing for half the epochs (a quarter lost on both sets) keeps `make run` under 15 min (a retrain: 18 min)
                 final_fit=True, final_fit_fraction=0.5),
     # a Colab T4 / Kaggle GPU: the full run on the real data (not yet timed on a GPU)
     "gpu": dict(image_size=160, epochs=150, pseudo_epochs=100, seg_epochs=100, batch_size=64,
