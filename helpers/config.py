@@ -49,7 +49,7 @@ class Config:
     # pseudo-labeling / consistency
     pseudo_rounds: int = 1
     pseudo_epochs: int = 40
-    pseudo_threshold: float = 0.8  # offline: the teacher's (flip-averaged) confidence needed to keep a pseudo-label (0.6 lost or tied on real photos)
+    pseudo_threshold: float = 0.8  # offline: the teacher's (flip-averaged) confidence needed to keep a pseudo-label (0.6 lost on tiny10 and nette10, tied on butterfly10)
     pseudo_max_per_class: int = 0  # > 0: at most this many pseudo-labels per class; 0: derived (pseudo_balance)
     pseudo_balance: float = 0.0  # > 0: cap = this x the mean share of the images above the threshold; 0: 2x N / C
     consistency_weight: float = 1.0  # weight of the FixMatch loss on unlabeled batches while retraining; 0: off (lost accuracy on real photos)
@@ -57,7 +57,7 @@ class Config:
     threshold_momentum: float = 0.99  # EMA memory of the adaptive thresholds (the paper's 0.999 suits 10^6 steps)
     unlabeled_ratio: int = 1  # unlabeled images per labeled image in a step (FixMatch's mu; the paper uses 7)
     weak_view: str = "crop"  # the unlabeled weak view: "crop" (as the supervised one) or "flip_translate" (FixMatch)
-    distribution_alignment: bool = True  # ReMixMatch's alignment of the weak-view probabilities (off: a tie on tiny10, a loss on butterfly10; docs/real-photos.md)
+    distribution_alignment: bool = True  # ReMixMatch's alignment of the weak-view probabilities (off: a tie on tiny10, a loss on butterfly10 and nette10; docs/real-photos.md)
     ema_teacher: bool = False  # targets from the weight EMA's predictions (needs ema_decay > 0)
     # self-supervised pretraining (notebook 02, helpers.selfsup: SimCLR)
     init: str = "auto"  # where 03 and 04 start: "auto" (02's encoder only where 02's check finds it clearly better than random weights), "ssl" (02's encoder always), "scratch"
